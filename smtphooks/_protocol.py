@@ -1,0 +1,802 @@
+"""
+The SMTP protocol: one instance per connection.
+
+Bytes come in through L{SMTPProtocol.dataReceived}, are split into command
+lines (or scanned as message data), checked for sequence and syntax, handed
+to the user's hooks through L{call_hook}, and answered with catalogue
+replies, strictly in command order.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Any, Callable, Final
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import _errors as R
+from ._data import DataStream
+from ._errors import Reply, clean_text, is_rejection, reply_for_error
+from ._hooks import HookTimeout, call_hook
+from ._parse import DataScanner, ParseError, parse_mail, parse_rcpt, split_command, xtext_decode
+from ._session import Address, Envelope, RecipientDSN, Session
+
+if TYPE_CHECKING:
+    from ._server import SMTPServer
+
+__all__ = ["SMTPProtocol"]
+
+log = Logger(namespace="smtphooks")
+
+# Phases of a connection
+_GREETING: Final = 0  # before the greeting was sent
+_COMMAND: Final = 1  # reading command lines
+_DATA: Final = 2  # reading message data after DATA
+_CLOSED: Final = 3  # closing: nothing more is read
+
+# Reasons to stop reading from the transport (a bit mask)
+_HOOK: Final = 1  # a hook is pending: stop processing input too
+_BODY: Final = 2  # the DataStream's consumer is behind
+_WRITE: Final = 4  # the client does not read its replies
+
+_HTTP_VERBS: Final = frozenset(
+    (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH")
+)
+_NOTIFY_VALUES: Final = frozenset(("SUCCESS", "FAILURE", "DELAY"))
+
+Done = Callable[[Any], None]
+_DONE: Final = Failure(ConnectionDone())  # type: ignore[no-untyped-call]
+
+
+def _reverse_name(ip: str) -> str | None:
+    try:
+        return ipaddress.ip_address(ip).reverse_pointer
+    except ValueError:
+        return None
+
+
+def _valid_hostname(name: str) -> bool:
+    if not name or len(name) > 253:
+        return False
+    labels = name.rstrip(".").split(".")
+    for label in labels:
+        if not label or len(label) > 63:
+            return False
+        if label[0] == "-" or label[-1] == "-":
+            return False
+        if not all(c.isascii() and (c.isalnum() or c == "-") for c in label):
+            return False
+    return True
+
+
+@implementer(IPushProducer)
+class SMTPProtocol(Protocol):
+    """
+    One SMTP session.
+
+    It registers itself as the transport's streaming producer, so that a
+    client which does not read its replies stops being read from, and it
+    stops reading while a hook is pending, so that replies go out in command
+    order however long hooks take.
+    """
+
+    factory: SMTPServer
+
+    def __init__(self, server: SMTPServer) -> None:
+        self.factory = server
+        self.session = Session()
+        self._opts = server.options
+        self._clock = server.clock
+        self._handlers = server.handlers
+        self._buffer = b""
+        self._phase = _GREETING
+        self._paused = 0
+        self._busy = False
+        self._out: list[bytes] = []
+        self._enhanced = False
+        self._helo = False
+        self._unrecognized = 0
+        self._discarding_line = False
+        self._idle: IDelayedCall | None = None
+        self._pending: Deferred[Any] | None = None
+        self._scanner: DataScanner | None = None
+        self._stream: DataStream | None = None
+        self._data_hook: Deferred[Any] | None = None
+        self._data_outcome: list[Any] | None = None
+        self._data_timer: IDelayedCall | None = None
+        self._over_limit = False
+        self._shutdown_requested = False
+        self._lost = False
+        self._counted = False
+
+    # -- connection ------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        session = self.session
+        host, peer = transport.getHost(), transport.getPeer()
+        session.local_address = str(getattr(host, "host", getattr(host, "name", "")) or "")
+        session.local_port = int(getattr(host, "port", 0) or 0)
+        session.remote_address = str(getattr(peer, "host", "") or "")
+        session.remote_port = int(getattr(peer, "port", 0) or 0)
+        session.client_hostname = f"[{session.remote_address}]"
+        transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        self._idle = self._clock.callLater(self._opts.socket_timeout, self._timed_out)
+        refusal = self.factory.admit(self)
+        self._counted = refusal is None
+        if refusal is not None:
+            session.error = refusal.text
+            self._reply(refusal)
+            self._flush()
+            return
+        if self._opts.disable_reverse_lookup or not session.remote_address:
+            self._connect_hook()
+        else:
+            self._reverse_lookup()
+
+    def _reverse_lookup(self) -> None:
+        ip = self.session.remote_address
+        name = _reverse_name(ip)
+        if name is None:
+            self._connect_hook()
+            return
+        try:
+            if ipaddress.ip_address(ip).is_loopback:
+                self.session.client_hostname = "localhost"
+                self._connect_hook()
+                return
+        except ValueError:
+            pass
+        d = self.factory.resolver().lookupPointer(name)
+        d.addTimeout(self.factory.reverse_lookup_timeout, self._clock)
+        self._pending = d
+
+        def found(result: Any) -> None:
+            answers = result[0] if isinstance(result, tuple) else []
+            for record in answers:
+                payload = getattr(record, "payload", None)
+                ptr = str(getattr(getattr(payload, "name", ""), "name", b"").decode("ascii", "replace"))
+                if _valid_hostname(ptr):
+                    self.session.client_hostname = ptr.rstrip(".").lower()
+                    break
+
+        def done(_: object) -> None:
+            self._pending = None
+            if not self._lost:
+                self._connect_hook()
+
+        d.addCallbacks(found, lambda f: None)
+        d.addBoth(done)
+
+    def _connect_hook(self) -> None:
+        hook = self.factory.on_connect
+        if hook is None:
+            self._greet()
+            return
+        self._run_hook(hook, (self.session,), self._connect_done)
+
+    def _connect_done(self, result: Any) -> None:
+        if isinstance(result, Failure):
+            error: BaseException = result.value  # type: ignore[assignment]
+            if isinstance(error, HookTimeout):
+                self._reply(R.CONNECT_HOOK_FAILED)
+            elif is_rejection(error):
+                self._reply(reply_for_error(error, R.CONNECT_REJECTED).closing())
+            else:
+                self._hook_crashed(result, "on_connect")
+                self._reply(R.CONNECT_HOOK_FAILED)
+            self.session.error = "connection rejected"
+            self._flush()
+            return
+        self._greet()
+
+    def _greet(self) -> None:
+        if self._lost or self._phase != _GREETING:
+            return
+        if self._buffer:
+            # The client talked before the greeting.
+            self.session.error = "early talker"
+            self._reply(R.EARLY_TALKER)
+        else:
+            self._phase = _COMMAND
+            self._out.append(self.factory.greeting)
+        self._flush()
+
+    def connectionLost(self, reason: Failure = _DONE) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._phase = _CLOSED
+        for timer in (self._idle, self._data_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._idle = self._data_timer = None
+        stream = self._stream
+        if stream is not None and not stream.ended:
+            if self.session.error is None:
+                self.session.error = "connection lost during DATA"
+            stream.fail(reason)
+        clean = reason.check(ConnectionDone)  # type: ignore[no-untyped-call]
+        if clean is None and self.session.error is None:
+            self.session.error = reason.getErrorMessage()
+        # A pending hook is left to finish (its result is ignored); one
+        # that never does is cancelled after hook_timeout.
+        self._pending = None
+        data_hook = self._data_hook
+        if data_hook is not None and self._data_outcome is None:
+            self._clock.callLater(self._opts.hook_timeout, data_hook.cancel)
+        if self._counted:
+            self.factory.release(self)
+        self.factory.forget(self)
+        hook = self.factory.on_close
+        if hook is not None:
+            d = call_hook(hook, (self.session,), self._clock, self._opts.hook_timeout)
+            d.addErrback(self._hook_crashed, "on_close")
+
+    # -- flow control ----------------------------------------------------
+
+    def _pause(self, reason: int) -> None:
+        was = self._paused
+        self._paused = was | reason
+        if not was and self.transport is not None and not self._lost:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def _unpause(self, reason: int) -> None:
+        if not self._paused & reason:
+            return
+        self._paused &= ~reason
+        if self._lost:
+            return
+        if not self._paused and self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        if reason == _HOOK and self._buffer:
+            self._process()
+
+    # IPushProducer, for the transport: the client stopped reading replies.
+    def pauseProducing(self) -> None:
+        """
+        The transport's write buffer is full: stop reading the client.
+        """
+        self._pause(_WRITE)
+
+    def resumeProducing(self) -> None:
+        """
+        The transport's write buffer drained: read the client again.
+        """
+        self._unpause(_WRITE)
+
+    def stopProducing(self) -> None:
+        """
+        The transport is going away; L{connectionLost} follows.
+        """
+
+    # The DataStream's source interface.
+    def pause_body(self) -> None:
+        self._pause(_BODY)
+
+    def resume_body(self) -> None:
+        self._unpause(_BODY)
+
+    # -- input -----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._buffer:
+            self._buffer += data
+        else:
+            self._buffer = data
+        idle = self._idle
+        if idle is not None:
+            idle.reset(self._opts.socket_timeout)
+        if not self._busy and not self._paused & _HOOK:
+            self._process()
+
+    def _process(self) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            while self._buffer and not self._paused & _HOOK:
+                phase = self._phase
+                if phase == _COMMAND:
+                    self._process_lines()
+                elif phase == _DATA:
+                    self._process_data()
+                elif phase == _GREETING:
+                    # Data before the greeting: answered when the greeting is
+                    # due, unless the client floods us meanwhile.
+                    if len(self._buffer) > self._opts.max_command_length:
+                        self.session.error = "early talker"
+                        self._reply(R.EARLY_TALKER)
+                    break
+                else:
+                    self._buffer = b""
+        finally:
+            self._busy = False
+            self._flush()
+
+    def _process_lines(self) -> None:
+        buf = self._buffer
+        pos = 0
+        size = len(buf)
+        limit = self._opts.max_command_length
+        while pos < size and self._phase == _COMMAND and not self._paused & _HOOK:
+            end = buf.find(b"\n", pos)
+            if end < 0:
+                if size - pos > limit:
+                    if not self._discarding_line:
+                        self._discarding_line = True
+                        self._reply(R.LINE_TOO_LONG)
+                    pos = size
+                break
+            if self._discarding_line:
+                self._discarding_line = False
+                pos = end + 1
+                continue
+            stop = end - 1 if end > pos and buf[end - 1] == 13 else end
+            if stop - pos > limit:
+                self._reply(R.LINE_TOO_LONG)
+                pos = end + 1
+                continue
+            line = buf[pos:stop]
+            pos = end + 1
+            self._line(line)
+        self._buffer = buf[pos:] if pos < size and self._phase != _CLOSED else b""
+
+    def _line(self, line: bytes) -> None:
+        verb, argument = split_command(line)
+        handler = self._handlers.get(verb)
+        if handler is not None:
+            handler(self, argument)
+            return
+        if verb in _HTTP_VERBS:
+            self.session.error = "HTTP request"
+            self._reply(R.HTTP_REQUEST)
+            return
+        self._unrecognized += 1
+        if self._unrecognized > self._opts.max_unrecognized_commands:
+            self.session.error = "too many unrecognized commands"
+            self._reply(R.TOO_MANY_UNRECOGNIZED)
+        else:
+            self._reply(R.UNKNOWN_COMMAND)
+
+    # -- output ----------------------------------------------------------
+
+    def _reply(self, reply: Reply) -> None:
+        if self._phase == _CLOSED:
+            return
+        self._out.append(reply.extended if self._enhanced else reply.plain)
+        if reply.close:
+            self._close()
+
+    def _close(self) -> None:
+        self._phase = _CLOSED
+        self._buffer = b""
+        self._flush()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _flush(self) -> None:
+        out = self._out
+        if out and self.transport is not None and not self._lost:
+            self._out = []
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writeSequence(out)
+
+    # -- hooks -----------------------------------------------------------
+
+    def _run_hook(self, hook: Callable[..., Any], args: tuple[Any, ...], done: Done) -> None:
+        """
+        Call a hook; give its outcome (a value or a L{Failure}) to C{done},
+        now if it answered at once, else when it does, with input paused
+        meanwhile so that replies stay in order.
+        """
+        d = call_hook(hook, args, self._clock, self._opts.hook_timeout)
+        if d.called:
+            d.addBoth(done)
+            return
+        self._pending = d
+        self._pause(_HOOK)
+
+        def finished(result: Any) -> None:
+            if self._lost:
+                return
+            self._pending = None
+            done(result)
+            self._flush()
+            self._unpause(_HOOK)
+
+        d.addBoth(finished)
+
+    def _hook_crashed(self, failure: Failure, name: str) -> None:
+        if failure.check(CancelledError) and self._lost:  # type: ignore[no-untyped-call]
+            return
+        log.failure(
+            "hook {hook} raised an unexpected error (session {session_id})",
+            failure,
+            hook=name,
+            session_id=self.session.id,
+        )
+
+    def _rejection(self, result: Failure, default: Reply, name: str) -> Reply:
+        error: BaseException = result.value  # type: ignore[assignment]
+        if isinstance(error, HookTimeout):
+            log.warn(
+                "hook {hook} timed out (session {session_id})", hook=name, session_id=self.session.id
+            )
+            return R.HOOK_TIMEOUT
+        if is_rejection(error):
+            return reply_for_error(error, default)
+        self._hook_crashed(result, name)
+        return R.HOOK_FAILED
+
+    # -- timeouts and shutdown -------------------------------------------
+
+    def _timed_out(self) -> None:
+        self._idle = None
+        if self._lost:
+            return
+        if self._pending is not None or self._paused & (_HOOK | _BODY):
+            # Waiting for our own hook is not the client's idleness.
+            self._idle = self._clock.callLater(self._opts.socket_timeout, self._timed_out)
+            return
+        self.session.error = "timeout"
+        self._reply(R.TIMEOUT)
+        self._flush()
+
+    def in_transaction(self) -> bool:
+        """
+        L{True} while a mail transaction is under way.
+        """
+        return (
+            self._phase == _DATA
+            or self._data_hook is not None
+            or self.session.envelope.mail_from is not None
+        )
+
+    def shutdown(self, force: bool = False) -> None:
+        """
+        The server is closing: say 421 and close now if no transaction is
+        under way (or C{force}), else after the transaction ends.
+        """
+        if self._lost or self._phase == _CLOSED:
+            if force and self.transport is not None:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        self._shutdown_requested = True
+        if force or (not self.in_transaction() and self._pending is None):
+            self.session.error = self.session.error or "server shutting down"
+            self._reply(R.SHUTTING_DOWN)
+            self._flush()
+
+    def _transaction_ended(self) -> None:
+        if self._shutdown_requested:
+            self.session.error = self.session.error or "server shutting down"
+            self._reply(R.SHUTTING_DOWN)
+
+    # -- commands --------------------------------------------------------
+
+    def _hello(self, argument: bytes, command: str) -> None:
+        if not argument:
+            self._reply(R.EHLO_SYNTAX if command == "EHLO" else R.HELO_SYNTAX)
+            return
+        session = self.session
+        session.opening_command = command
+        session.host_name_appears_as = clean_text(argument.decode("utf-8", "replace"))
+        self._reset_envelope()
+        self._helo = True
+        if command == "EHLO":
+            self._enhanced = not self._opts.hide_enhancedstatuscodes
+            self._out.append(self.factory.ehlo_reply(self))
+        else:
+            self._enhanced = False
+            self._out.append(self.factory.helo_reply)
+
+    def do_EHLO(self, argument: bytes) -> None:
+        self._hello(argument, "EHLO")
+
+    def do_HELO(self, argument: bytes) -> None:
+        self._hello(argument, "HELO")
+
+    def _reset_envelope(self) -> None:
+        self.session.envelope = Envelope()
+
+    def do_RSET(self, argument: bytes) -> None:
+        if argument:
+            self._reply(R.NO_ARGUMENTS)
+            return
+        had = self.session.envelope.mail_from is not None
+        self._reset_envelope()
+        self._reply(R.OK)
+        if had:
+            self._transaction_ended()
+
+    def do_NOOP(self, argument: bytes) -> None:
+        self._reply(R.OK)
+
+    def do_QUIT(self, argument: bytes) -> None:
+        self._reply(R.CLOSING)
+
+    def do_VRFY(self, argument: bytes) -> None:
+        self._reply(R.VRFY if argument else R.SYNTAX)
+
+    def do_HELP(self, argument: bytes) -> None:
+        self._reply(self.factory.help_reply)
+
+    def do_MAIL(self, argument: bytes) -> None:
+        if not self._helo:
+            self._reply(R.NEED_HELO)
+            return
+        envelope = self.session.envelope
+        if envelope.mail_from is not None:
+            self._reply(R.NESTED_MAIL)
+            return
+        opts = self._opts
+        try:
+            path = parse_mail(argument, lenient=opts.lenient_addresses)
+        except ParseError as e:
+            self._reply(e.reply)
+            return
+        params = path.params
+        new = Envelope()
+        for key, value in params.items():
+            reply = self._mail_param(key, value, new)
+            if reply is not None:
+                self._reply(reply)
+                return
+        if not path.address.isascii() and not new.smtputf8:
+            self._reply(R.NON_ASCII_ADDRESS)
+            return
+        address = Address(path.address, params)
+        hook = self.factory.on_mail_from
+        if hook is None:
+            self._mail_accepted(address, new)
+            return
+
+        def done(result: Any) -> None:
+            if isinstance(result, Failure):
+                self._reply(self._rejection(result, R.MAIL_REJECTED, "on_mail_from"))
+            else:
+                self._mail_accepted(address, new)
+
+        self._run_hook(hook, (address, self.session), done)
+
+    def _mail_accepted(self, address: Address, envelope: Envelope) -> None:
+        envelope.mail_from = address
+        self.session.envelope = envelope
+        self._reply(R.MAIL_OK)
+
+    def _mail_param(self, key: str, value: str | bool, envelope: Envelope) -> Reply | None:
+        opts = self._opts
+        if key == "SIZE":
+            if not isinstance(value, str) or not value.isdigit() or len(value) > 20:
+                return R.BAD_PARAMETER_VALUE.with_text("Bad SIZE value")
+            if opts.size and int(value) > opts.size:
+                return R.SIZE_EXCEEDED
+            return None
+        if key == "BODY":
+            body = value.upper() if isinstance(value, str) else ""
+            if body == "7BIT" or (body == "8BITMIME" and not opts.hide_8bitmime):
+                envelope.body_type = body
+                return None
+            return R.BAD_PARAMETER_VALUE.with_text("Unsupported BODY type")
+        if key == "SMTPUTF8" and not opts.hide_smtputf8:
+            if value is not True:
+                return R.BAD_PARAMETER_VALUE.with_text("SMTPUTF8 takes no value")
+            envelope.smtputf8 = True
+            return None
+        if key == "RET" and not opts.hide_dsn:
+            ret = value.upper() if isinstance(value, str) else ""
+            if ret not in ("FULL", "HDRS"):
+                return R.BAD_PARAMETER_VALUE.with_text("RET must be FULL or HDRS")
+            envelope.dsn.ret = ret
+            return None
+        if key == "ENVID" and not opts.hide_dsn:
+            if not isinstance(value, str) or not value or len(value) > 100:
+                return R.BAD_PARAMETER_VALUE.with_text("Bad ENVID value")
+            if not all(32 < ord(c) < 127 for c in value):
+                return R.BAD_PARAMETER_VALUE.with_text("Bad ENVID value")
+            envelope.dsn.envid = value
+            return None
+        return R.UNKNOWN_PARAMETER.with_text(f"Unsupported parameter: {key}")
+
+    def do_RCPT(self, argument: bytes) -> None:
+        if not self._helo:
+            self._reply(R.NEED_HELO)
+            return
+        envelope = self.session.envelope
+        if envelope.mail_from is None:
+            self._reply(R.NEED_MAIL)
+            return
+        opts = self._opts
+        try:
+            path = parse_rcpt(argument, lenient=opts.lenient_addresses)
+        except ParseError as e:
+            self._reply(e.reply)
+            return
+        dsn: RecipientDSN | None = None
+        for key, value in path.params.items():
+            if key in ("NOTIFY", "ORCPT") and not opts.hide_dsn and isinstance(value, str):
+                if dsn is None:
+                    dsn = RecipientDSN()
+                if key == "NOTIFY":
+                    notify = [v.strip().upper() for v in value.split(",")]
+                    if notify == ["NEVER"] or (
+                        notify and all(v in _NOTIFY_VALUES for v in notify)
+                        and len(set(notify)) == len(notify)
+                    ):
+                        dsn.notify = notify
+                        continue
+                    self._reply(R.BAD_PARAMETER_VALUE.with_text("Bad NOTIFY value"))
+                    return
+                addr_type, sep, rest = value.partition(";")
+                if not sep or not addr_type or not rest or not addr_type.isascii():
+                    self._reply(R.BAD_PARAMETER_VALUE.with_text("Bad ORCPT value"))
+                    return
+                dsn.orcpt = value
+                continue
+            self._reply(R.UNKNOWN_PARAMETER.with_text(f"Unsupported parameter: {key}"))
+            return
+        if not path.address.isascii() and not envelope.smtputf8:
+            self._reply(
+                R.NON_ASCII_ADDRESS if not opts.hide_smtputf8 else R.NON_ASCII_ADDRESS_NO_UTF8
+            )
+            return
+        if opts.max_recipients and len(envelope.rcpt_to) >= opts.max_recipients:
+            self._reply(R.TOO_MANY_RECIPIENTS)
+            return
+        address = Address(path.address, path.params, dsn)
+        hook = self.factory.on_rcpt_to
+        if hook is None:
+            envelope.rcpt_to.append(address)
+            self._reply(R.RCPT_OK)
+            return
+
+        def done(result: Any) -> None:
+            if isinstance(result, Failure):
+                self._reply(self._rejection(result, R.RCPT_REJECTED, "on_rcpt_to"))
+            else:
+                envelope.rcpt_to.append(address)
+                self._reply(R.RCPT_OK)
+
+        self._run_hook(hook, (address, self.session), done)
+
+    def do_DATA(self, argument: bytes) -> None:
+        if argument:
+            self._reply(R.NO_ARGUMENTS)
+            return
+        if not self._helo:
+            self._reply(R.NEED_HELO)
+            return
+        envelope = self.session.envelope
+        if envelope.mail_from is None:
+            self._reply(R.NEED_MAIL)
+            return
+        if not envelope.rcpt_to:
+            self._reply(R.NEED_RCPT)
+            return
+        self._reply(R.START_DATA)
+        self._phase = _DATA
+        self._scanner = DataScanner()
+        self._over_limit = False
+        stream = self._stream = DataStream(self)
+        self._data_outcome = None
+        hook = self.factory.on_data
+        if hook is None:
+            stream.discard()
+            self._data_outcome = [None]
+            return
+        d = self._data_hook = call_hook(hook, (stream, self.session), self._clock, None)
+        d.addBoth(self._data_hook_done)
+
+    def _data_hook_done(self, result: Any) -> None:
+        if self._lost:
+            return
+        self._data_outcome = [result]
+        stream = self._stream
+        if stream is not None and not stream.ended:
+            # The hook is done with the stream: the server reads the rest.
+            stream.discard()
+            return
+        if self._phase != _DATA:
+            self._finish_data()
+
+    def _process_data(self) -> None:
+        scanner = self._scanner
+        assert scanner is not None
+        body, rest = scanner.feed(self._buffer)
+        self._buffer = b""
+        if body and not self._over_limit:
+            stream = self._stream
+            assert stream is not None
+            limit = self._opts.size
+            if limit and stream.byte_length + len(body) > limit:
+                self._over_limit = True
+                stream.end(size_exceeded=True)
+            else:
+                stream.write(body)
+        if rest is not None:
+            self._buffer = rest
+            self._end_of_data()
+
+    def _end_of_data(self) -> None:
+        self._phase = _COMMAND
+        self._scanner = None
+        self._unpause(_BODY)
+        stream = self._stream
+        assert stream is not None
+        if not stream.ended:
+            stream.end()
+        if self._stream is None:
+            return  # the hook finished as the stream ended
+        if self._data_outcome is not None:
+            self._finish_data()
+            return
+        self._pause(_HOOK)
+        self._data_timer = self._clock.callLater(self._opts.hook_timeout, self._data_timed_out)
+
+    def _data_timed_out(self) -> None:
+        self._data_timer = None
+        d = self._data_hook
+        if d is None or self._data_outcome is not None:
+            return
+        self._data_outcome = [
+            Failure(HookTimeout("on_data did not answer in time"))  # type: ignore[no-untyped-call]
+        ]
+        d.cancel()
+        self._finish_data()
+
+    def _finish_data(self) -> None:
+        outcome, stream = self._data_outcome, self._stream
+        assert outcome is not None and stream is not None
+        timer, self._data_timer = self._data_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._data_hook = None
+        self._data_outcome = None
+        self._stream = None
+        result = outcome[0]
+        if stream.size_exceeded:
+            reply = R.SIZE_EXCEEDED
+        elif isinstance(result, Failure):
+            reply = self._rejection(result, R.DATA_REJECTED, "on_data")
+        elif result is None:
+            reply = R.QUEUED
+        elif isinstance(result, str):
+            reply = R.QUEUED.with_text(result)
+        else:
+            log.error(
+                "hook on_data returned {result!r}; expected None or a string (session {session_id})",
+                result=result,
+                session_id=self.session.id,
+            )
+            reply = R.HOOK_FAILED
+        self._reset_envelope()
+        self.session.transaction += 1
+        self._reply(reply)
+        self._transaction_ended()
+        self._flush()
+        self._unpause(_HOOK)
+
+
+def _command_table(server: SMTPServer) -> dict[bytes, Callable[[SMTPProtocol, bytes], None]]:
+    """
+    The commands a server answers, by upper-case verb, without the disabled
+    ones.
+    """
+    table: dict[bytes, Callable[[SMTPProtocol, bytes], None]] = {}
+    disabled = set(server.options.disabled_commands)
+    for name in dir(SMTPProtocol):
+        if name.startswith("do_"):
+            verb = name[3:]
+            if verb not in disabled:
+                table[verb.encode("ascii")] = getattr(SMTPProtocol, name)
+    return table

@@ -1,0 +1,310 @@
+"""
+L{SMTPServer}: the factory that holds the options and hooks, counts
+connections, and closes gracefully.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, cast
+
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+
+from . import _errors as R
+from ._errors import Reply
+from ._hooks import HOOK_NAMES
+from ._options import Options
+from ._protocol import SMTPProtocol, _command_table
+from ._session import Session
+
+__all__ = ["SMTPServer"]
+
+log = Logger(namespace="smtphooks")
+
+Hook = Callable[..., Any]
+
+#: Seconds the reverse lookup of a client's address may take.
+REVERSE_LOOKUP_TIMEOUT = 5.0
+
+
+class SMTPServer(ServerFactory):
+    """
+    A mail-receiving SMTP server: a Twisted L{ServerFactory} that runs the
+    SMTP dialogue and hands each phase of a session to your hooks.
+
+    Hooks can be given as keyword arguments, assigned as attributes after
+    construction (C{server.on_data = f}), defined as methods of a subclass,
+    or taken from any object passed as C{hooks} (such as an instance of
+    L{smtphooks.Hooks}).  A keyword argument wins over C{hooks}, which wins
+    over a subclass method.  A hook that is not given accepts.
+
+    Options are keyword arguments; see the options guide for each.
+
+    @ivar options: the checked options.
+    @ivar clock: the reactor's clock, for timeouts.
+    """
+
+    protocol = SMTPProtocol  # type: ignore[assignment]
+
+    on_connect: Hook | None = None
+    on_secure: Hook | None = None
+    on_auth: Hook | None = None
+    on_mail_from: Hook | None = None
+    on_rcpt_to: Hook | None = None
+    on_data: Hook | None = None
+    on_close: Hook | None = None
+
+    def __init__(
+        self,
+        hooks: object | None = None,
+        *,
+        on_connect: Hook | None = None,
+        on_secure: Hook | None = None,
+        on_auth: Hook | None = None,
+        on_mail_from: Hook | None = None,
+        on_rcpt_to: Hook | None = None,
+        on_data: Hook | None = None,
+        on_close: Hook | None = None,
+        reactor: Any = None,
+        **options: Any,
+    ) -> None:
+        """
+        @param hooks: an object whose C{on_*} attributes are hooks.
+        @param reactor: the reactor to listen and keep time with (default:
+            the global one).
+        @param options: see the options guide.
+        @raise TypeError: for an unknown option, a value of the wrong type, or
+            a hook that is not callable.
+        @raise ValueError: for a bad or contradictory value, or an option
+            this version does not support yet.
+        """
+        self.options = Options(options)
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self._reactor = reactor
+        self.clock: IReactorTime = reactor
+        given = {
+            "on_connect": on_connect,
+            "on_secure": on_secure,
+            "on_auth": on_auth,
+            "on_mail_from": on_mail_from,
+            "on_rcpt_to": on_rcpt_to,
+            "on_data": on_data,
+            "on_close": on_close,
+        }
+        for name in HOOK_NAMES:
+            hook = given[name]
+            if hook is None and hooks is not None:
+                hook = getattr(hooks, name, None)
+            if hook is not None:
+                if not callable(hook):
+                    raise TypeError(f"hook {name!r} must be callable, not {hook!r}")
+                setattr(self, name, hook)
+        if self.on_auth is not None:
+            raise ValueError("hook 'on_auth' is not supported by this version of smtphooks")
+        self._protocols: set[SMTPProtocol] = set()
+        self._per_ip: dict[str, int] = {}
+        self._ports: list[IListeningPort] = []
+        self._closing = False
+        self._all_gone: list[Deferred[None]] = []
+        self._resolver: Any = self.options.resolver
+        self.reverse_lookup_timeout = REVERSE_LOOKUP_TIMEOUT
+        self.handlers = _command_table(self)
+        self._build_replies()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "on_auth" and value is not None:
+            # AUTH is not in this version; an accepted hook that is never
+            # called would be a silent hole.
+            raise ValueError("hook 'on_auth' is not supported by this version of smtphooks")
+        super().__setattr__(name, value)
+
+    # -- replies that depend on the options --------------------------------
+
+    def _build_replies(self) -> None:
+        opts = self.options
+        name = opts.name
+        greeting = f"{name} ESMTP {opts.banner}".rstrip()
+        self.greeting = Reply(220, None, greeting).plain
+        self.helo_reply = Reply(250, None, name).plain
+        extensions = []
+        if not opts.hide_pipelining:
+            extensions.append("PIPELINING")
+        if not opts.hide_8bitmime:
+            extensions.append("8BITMIME")
+        if not opts.hide_smtputf8:
+            extensions.append("SMTPUTF8")
+        if not opts.hide_size:
+            extensions.append(f"SIZE {opts.size}" if opts.size else "SIZE")
+        if not opts.hide_enhancedstatuscodes:
+            extensions.append("ENHANCEDSTATUSCODES")
+        if not opts.hide_dsn:
+            extensions.append("DSN")
+        self._ehlo_tail = extensions
+        commands = sorted(verb.decode() for verb in self.handlers)
+        self.help_reply = Reply(
+            214, "2.0.0", "Commands: " + " ".join(commands) + "\nSee RFC 5321"
+        )
+
+    def ehlo_reply(self, protocol: SMTPProtocol) -> bytes:
+        """
+        The EHLO reply for one session.
+        """
+        session = protocol.session
+        first = f"{self.options.name} greets {session.client_hostname}"
+        return Reply(250, None, "\n".join([first, *self._ehlo_tail])).plain
+
+    # -- connections ---------------------------------------------------------
+
+    def buildProtocol(self, addr: IAddress | None) -> SMTPProtocol:  # type: ignore[override]
+        """
+        A new L{SMTPProtocol} for a connection.
+        """
+        return SMTPProtocol(self)
+
+    def admit(self, protocol: SMTPProtocol) -> Reply | None:
+        """
+        Count a new connection, or say why it is refused.
+        """
+        self._protocols.add(protocol)
+        if self._closing:
+            return R.SHUTTING_DOWN
+        opts = self.options
+        if opts.max_clients and len(self._protocols) > opts.max_clients:
+            return R.TOO_MANY_CLIENTS
+        ip = protocol.session.remote_address
+        count = self._per_ip.get(ip, 0)
+        if opts.max_clients_per_ip and count >= opts.max_clients_per_ip:
+            return R.TOO_MANY_FROM_IP
+        self._per_ip[ip] = count + 1
+        return None
+
+    def release(self, protocol: SMTPProtocol) -> None:
+        """
+        Uncount a connection that L{admit} counted.
+        """
+        ip = protocol.session.remote_address
+        count = self._per_ip.get(ip, 0) - 1
+        if count > 0:
+            self._per_ip[ip] = count
+        else:
+            self._per_ip.pop(ip, None)
+
+    def forget(self, protocol: SMTPProtocol) -> None:
+        """
+        A connection is gone.
+        """
+        self._protocols.discard(protocol)
+        if not self._protocols and self._all_gone:
+            waiting, self._all_gone = self._all_gone, []
+            for d in waiting:
+                d.callback(None)
+
+    def resolver(self) -> Any:
+        """
+        The L{IResolver} for reverse lookups.
+        """
+        if self._resolver is None:
+            from twisted.names import client
+
+            self._resolver = client.getResolver()  # type: ignore[no-untyped-call]
+        return self._resolver
+
+    @property
+    def connections(self) -> list[Session]:
+        """
+        The sessions of the live connections.
+        """
+        return [protocol.session for protocol in self._protocols]
+
+    # -- listening and closing -----------------------------------------------
+
+    def listen(self, endpoint: str | IStreamServerEndpoint) -> Deferred[IListeningPort]:
+        """
+        Start listening.  May be called several times.
+
+        @param endpoint: an endpoint description (C{"tcp:2525"},
+            C{"unix:/run/smtp.sock"}, C{"systemd:domain=INET:index=0"}) or an
+            L{IStreamServerEndpoint}.
+        @return: a L{Deferred} that fires with the listening port.
+        @raise ValueError: for a malformed endpoint description, or a TLS
+            endpoint (TLS is not supported by this version).
+        """
+        if isinstance(endpoint, str):
+            if endpoint.split(":", 1)[0].lower() in ("ssl", "tls", "haproxy"):
+                raise ValueError(
+                    f"endpoint {endpoint!r}: TLS and PROXY endpoints are not supported "
+                    "by this version of smtphooks"
+                )
+            endpoint = cast(
+                IStreamServerEndpoint,
+                serverFromString(self._reactor, endpoint),  # type: ignore[no-untyped-call]
+            )
+        d: Deferred[IListeningPort] = endpoint.listen(self)
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self._ports.append(port)
+            return port
+
+        return d.addCallback(listening)
+
+    def close(self, timeout: float | None = None) -> Deferred[None]:
+        """
+        Stop listening and end every session gracefully: sessions without a
+        transaction get C{421} now; the others may finish the transaction in
+        progress for up to C{timeout} seconds, then get C{421} too.
+
+        @param timeout: seconds to wait (default: the C{close_timeout}
+            option).
+        @return: a L{Deferred} that fires when every connection is gone.
+        """
+        if timeout is None:
+            timeout = self.options.close_timeout
+        self._closing = True
+        ports, self._ports = self._ports, []
+        stopped = DeferredList([maybeDeferred(port.stopListening) for port in ports])
+        for protocol in list(self._protocols):
+            protocol.shutdown()
+        gone: Deferred[None] = Deferred()
+        if self._protocols:
+            self._all_gone.append(gone)
+            force = self.clock.callLater(timeout, self._force_close)
+            abort = self.clock.callLater(timeout + 5, self._abort_all)
+
+            def cancel_timers(result: None) -> None:
+                for call in (force, abort):
+                    if call.active():
+                        call.cancel()
+
+            gone.addCallback(cancel_timers)
+        else:
+            gone.callback(None)
+
+        def both(_: object) -> Deferred[None]:
+            return stopped.addCallback(lambda _: None)
+
+        return gone.addCallback(both)
+
+    def _force_close(self) -> None:
+        for protocol in list(self._protocols):
+            protocol.shutdown(force=True)
+
+    def _abort_all(self) -> None:
+        # Clients that do not read their 421 are cut off.
+        for protocol in list(self._protocols):
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"<SMTPServer {self.options!r} connections={len(self._protocols)}>"
+
