@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["AuthRequest", "AuthResponse"]
+__all__ = ["AuthRequest", "AuthResponse", "Challenge", "SASLError", "MECHANISMS", "new_mechanism"]
 
 
 @dataclass(slots=True)
@@ -74,3 +74,154 @@ class AuthRequest:
     def __repr__(self) -> str:
         # Never show secrets: reprs end up in logs and tracebacks.
         return f"AuthRequest(method={self.method!r}, username={self.username!r})"
+
+
+# -- SASL mechanisms -------------------------------------------------------
+# Each mechanism is a small object with one shape: start() with the
+# client's initial response (or None), then step() with each later response,
+# both given decoded bytes; each returns a Challenge for the client or the
+# finished AuthRequest, or raises SASLError.
+
+
+class SASLError(Exception):
+    """
+    The client's SASL data is malformed.
+    """
+
+
+@dataclass(slots=True, frozen=True)
+class Challenge:
+    """
+    Bytes to send to the client in a C{334} reply (base64-encoded there).
+    """
+
+    data: bytes
+
+
+def _text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SASLError("credentials are not valid UTF-8") from None
+
+
+class Plain:
+    """
+    RFC 4616: C{authzid NUL authcid NUL password} in one response.
+    """
+
+    name = "PLAIN"
+
+    def start(self, initial: bytes | None) -> Challenge | AuthRequest:
+        if initial is None:
+            return Challenge(b"")
+        return self.step(initial)
+
+    def step(self, response: bytes) -> Challenge | AuthRequest:
+        parts = response.split(b"\0")
+        if len(parts) != 3 or not parts[1]:
+            raise SASLError("malformed PLAIN response")
+        authzid, username, password = (_text(part) for part in parts)
+        return AuthRequest("PLAIN", username, password, authzid=authzid or None)
+
+
+class Login:
+    """
+    The LOGIN mechanism: user name, then password, each asked for.
+    """
+
+    name = "LOGIN"
+
+    def __init__(self) -> None:
+        self._username: str | None = None
+
+    def start(self, initial: bytes | None) -> Challenge | AuthRequest:
+        if initial is None:
+            return Challenge(b"Username:")
+        return self.step(initial)
+
+    def step(self, response: bytes) -> Challenge | AuthRequest:
+        if self._username is None:
+            self._username = _text(response)
+            return Challenge(b"Password:")
+        return AuthRequest("LOGIN", self._username, _text(response))
+
+
+class CramMD5:
+    """
+    RFC 2195: the server sends a challenge, the client answers with its name
+    and an HMAC-MD5 of the challenge keyed with the password.
+    """
+
+    name = "CRAM-MD5"
+
+    def __init__(self, challenge: str) -> None:
+        self._challenge = challenge
+
+    def start(self, initial: bytes | None) -> Challenge | AuthRequest:
+        if initial is not None:
+            raise SASLError("CRAM-MD5 takes no initial response")
+        return Challenge(self._challenge.encode("ascii"))
+
+    def step(self, response: bytes) -> Challenge | AuthRequest:
+        username, _, digest = _text(response).rpartition(" ")
+        if not username or len(digest) != 32:
+            raise SASLError("malformed CRAM-MD5 response")
+        try:
+            int(digest, 16)
+        except ValueError:
+            raise SASLError("malformed CRAM-MD5 response") from None
+        return AuthRequest(
+            "CRAM-MD5",
+            username,
+            challenge=self._challenge,
+            challenge_response=digest.lower(),
+        )
+
+
+class XOAuth2:
+    """
+    Google's XOAUTH2: C{user=NAME^Aauth=Bearer TOKEN^A^A} in one response.
+    """
+
+    name = "XOAUTH2"
+
+    def start(self, initial: bytes | None) -> Challenge | AuthRequest:
+        if initial is None:
+            return Challenge(b"")
+        return self.step(initial)
+
+    def step(self, response: bytes) -> Challenge | AuthRequest:
+        fields = {}
+        for part in _text(response).split("\x01"):
+            key, sep, value = part.partition("=")
+            if sep:
+                fields[key.lower()] = value
+        user, auth = fields.get("user"), fields.get("auth", "")
+        scheme, _, token = auth.partition(" ")
+        if not user or scheme.lower() != "bearer" or not token:
+            raise SASLError("malformed XOAUTH2 response")
+        return AuthRequest("XOAUTH2", user, access_token=token.strip())
+
+
+Mechanism = Plain | Login | CramMD5 | XOAuth2
+
+
+def new_mechanism(name: str, challenge: Callable[[], str]) -> Mechanism:
+    """
+    A fresh mechanism object for one AUTH exchange.
+
+    @param name: an upper-case name from L{MECHANISMS}.
+    @param challenge: makes a CRAM-MD5 challenge.
+    """
+    if name == "PLAIN":
+        return Plain()
+    if name == "LOGIN":
+        return Login()
+    if name == "CRAM-MD5":
+        return CramMD5(challenge())
+    if name == "XOAUTH2":
+        return XOAuth2()
+    raise ValueError(f"unknown SASL mechanism {name!r}")
+
+MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2")

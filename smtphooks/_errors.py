@@ -249,3 +249,29 @@ NON_ASCII_ADDRESS_NO_UTF8: Final = Reply(
 # Limits
 SIZE_EXCEEDED: Final = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 TOO_MANY_RECIPIENTS: Final = Reply(452, "4.5.3", "Too many recipients")
+
+# TLS
+READY_FOR_TLS: Final = Reply(220, "2.0.0", "Ready to start TLS")
+TLS_ACTIVE: Final = Reply(503, "5.5.1", "Error: TLS already active")
+TLS_REJECTED: Final = Reply(554, "5.7.0", "TLS session rejected", close=True)
+
+# AUTH
+AUTH_OK: Final = Reply(235, "2.7.0", "Authentication successful")
+AUTH_FAILED: Final = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_TEMPORARY: Final = Reply(454, "4.7.0", "Temporary authentication failure")
+AUTH_CANCELLED: Final = Reply(501, "5.0.0", "Authentication cancelled")
+AUTH_BAD_BASE64: Final = Reply(501, "5.5.2", "Invalid base64 data")
+AUTH_MALFORMED: Final = Reply(501, "5.5.4", "Malformed authentication data")
+AUTH_SYNTAX: Final = Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+AUTH_UNKNOWN_MECHANISM: Final = Reply(504, "5.5.4", "Unrecognized authentication type")
+AUTH_ALREADY: Final = Reply(503, "5.5.1", "Error: already authenticated")
+AUTH_IN_TRANSACTION: Final = Reply(
+    503, "5.5.1", "Error: AUTH is not permitted during a mail transaction"
+)
+ENCRYPTION_REQUIRED: Final = Reply(
+    538, "5.7.11", "Encryption required for requested authentication mechanism"
+)
+AUTH_REQUIRED: Final = Reply(530, "5.7.0", "Authentication required")
+TOO_MANY_UNAUTHENTICATED: Final = Reply(
+    421, "4.7.0", "Too many unauthenticated commands, closing connection", close=True
+)

@@ -47,7 +47,7 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
     OptionSpec("size", "count", 0, "maximum message size in bytes (0: no limit)"),
     OptionSpec("hide_size", "bool", False, "do not advertise SIZE (it is still enforced)"),
     OptionSpec(
-        "auth_methods", "strlist", ["PLAIN", "LOGIN"], "SASL mechanisms offered", implemented=False
+        "auth_methods", "strlist", ["PLAIN", "LOGIN"], "SASL mechanisms offered"
     ),
     OptionSpec("auth_optional", "bool", False, "do not require AUTH before MAIL"),
     OptionSpec("auth_required_message", "text", None, "text of the 530 reply when AUTH is needed"),
@@ -56,7 +56,6 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
         "bool",
         False,
         "allow AUTH on a connection without TLS",
-        implemented=False,
     ),
     OptionSpec("disabled_commands", "strlist", [], "commands to treat as unknown"),
     OptionSpec("hide_starttls", "bool", False, "do not advertise or accept STARTTLS"),
@@ -71,13 +70,13 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
         "do not advertise or send enhanced status codes",
     ),
     OptionSpec("hide_chunking", "bool", False, "do not advertise or accept CHUNKING (BDAT)"),
-    OptionSpec("secure", "bool", False, "implicit TLS on every listener", implemented=False),
-    OptionSpec("tls", "object", None, "a TLS context factory; enables STARTTLS", implemented=False),
-    OptionSpec("tls_cert", "path", None, "PEM certificate chain file", implemented=False),
-    OptionSpec("tls_key", "path", None, "PEM private key file", implemented=False),
-    OptionSpec("sni", "mapping", {}, "server name -> TLS context factory", implemented=False),
+    OptionSpec("secure", "bool", False, "implicit TLS on every listener"),
+    OptionSpec("tls", "object", None, "a TLS context factory; enables STARTTLS"),
+    OptionSpec("tls_cert", "path", None, "PEM certificate chain file"),
+    OptionSpec("tls_key", "path", None, "PEM private key file"),
+    OptionSpec("sni", "mapping", {}, "server name -> TLS context factory"),
     OptionSpec(
-        "request_cert", "bool", False, "ask clients for a certificate", implemented=False
+        "request_cert", "bool", False, "ask clients for a certificate"
     ),
     OptionSpec("disable_reverse_lookup", "bool", False, "do not look up client host names"),
     OptionSpec("resolver", "object", None, "an IResolver for the reverse lookup"),
@@ -254,8 +253,29 @@ class Options:
             setattr(self, spec.name, value)
         if not self.name:
             self.name = socket.getfqdn()
+        self._check_combinations()
         if self.max_command_length < 64:
             raise ValueError("option 'max_command_length' must be at least 64")
+
+    def _check_combinations(self) -> None:
+        from ._auth import MECHANISMS
+
+        for method in self.auth_methods:
+            if method not in MECHANISMS:
+                raise ValueError(
+                    f"option 'auth_methods': unknown mechanism {method!r} "
+                    f"(known: {', '.join(MECHANISMS)})"
+                )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("options 'tls_cert' and 'tls_key' go together")
+        if self.tls is not None and self.tls_cert is not None:
+            raise ValueError("give either option 'tls' or 'tls_cert'/'tls_key', not both")
+        has_tls = self.tls is not None or self.tls_cert is not None
+        for name in ("secure", "request_cert"):
+            if getattr(self, name) and not has_tls:
+                raise ValueError(f"option {name!r} needs 'tls' or 'tls_cert'/'tls_key'")
+        if self.sni and not has_tls:
+            raise ValueError("option 'sni' needs a default certificate: 'tls' or 'tls_cert'")
 
     def __repr__(self) -> str:
         shown = ", ".join(

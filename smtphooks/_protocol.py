@@ -9,23 +9,28 @@ replies, strictly in command order.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import json
 from typing import TYPE_CHECKING, Any, Callable, Final
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import _errors as R
+from ._auth import AuthRequest, AuthResponse, Challenge, SASLError, new_mechanism
 from ._data import DataStream
 from ._errors import Reply, clean_text, is_rejection, reply_for_error
 from ._hooks import HookTimeout, call_hook
 from ._parse import DataScanner, ParseError, parse_mail, parse_rcpt, split_command, xtext_decode
 from ._session import Address, Envelope, RecipientDSN, Session
+from ._tls import tls_info
 
 if TYPE_CHECKING:
     from ._server import SMTPServer
@@ -39,6 +44,7 @@ _GREETING: Final = 0  # before the greeting was sent
 _COMMAND: Final = 1  # reading command lines
 _DATA: Final = 2  # reading message data after DATA
 _CLOSED: Final = 3  # closing: nothing more is read
+_TLS: Final = 4  # a TLS handshake is under way
 
 # Reasons to stop reading from the transport (a bit mask)
 _HOOK: Final = 1  # a hook is pending: stop processing input too
@@ -49,6 +55,8 @@ _HTTP_VERBS: Final = frozenset(
     (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH")
 )
 _NOTIFY_VALUES: Final = frozenset(("SUCCESS", "FAILURE", "DELAY"))
+#: The longest AUTH command or SASL response line (RFC 4954 section 4).
+_SASL_LINE: Final = 12288
 
 Done = Callable[[Any], None]
 _DONE: Final = Failure(ConnectionDone())  # type: ignore[no-untyped-call]
@@ -75,7 +83,7 @@ def _valid_hostname(name: str) -> bool:
     return True
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class SMTPProtocol(Protocol):
     """
     One SMTP session.
@@ -114,6 +122,10 @@ class SMTPProtocol(Protocol):
         self._shutdown_requested = False
         self._lost = False
         self._counted = False
+        self._unauthenticated = 0
+        self._sasl: Any = None
+        self._sasl_failure: Reply | None = None
+        self._implicit_tls = False
 
     # -- connection ------------------------------------------------------
 
@@ -136,7 +148,15 @@ class SMTPProtocol(Protocol):
             self._reply(refusal)
             self._flush()
             return
-        if self._opts.disable_reverse_lookup or not session.remote_address:
+        if ISSLTransport.providedBy(transport):
+            # Implicit TLS: the session starts once the handshake is done.
+            self._implicit_tls = True
+            self._phase = _TLS
+            return
+        self._start_session()
+
+    def _start_session(self) -> None:
+        if self._opts.disable_reverse_lookup or not self.session.remote_address:
             self._connect_hook()
         else:
             self._reverse_lookup()
@@ -308,6 +328,8 @@ class SMTPProtocol(Protocol):
                     self._process_lines()
                 elif phase == _DATA:
                     self._process_data()
+                elif phase == _TLS:
+                    break
                 elif phase == _GREETING:
                     # Data before the greeting: answered when the greeting is
                     # due, unless the client floods us meanwhile.
@@ -329,7 +351,7 @@ class SMTPProtocol(Protocol):
         while pos < size and self._phase == _COMMAND and not self._paused & _HOOK:
             end = buf.find(b"\n", pos)
             if end < 0:
-                if size - pos > limit:
+                if size - pos > limit and size - pos > self._line_limit(buf, pos):
                     if not self._discarding_line:
                         self._discarding_line = True
                         self._reply(R.LINE_TOO_LONG)
@@ -340,31 +362,45 @@ class SMTPProtocol(Protocol):
                 pos = end + 1
                 continue
             stop = end - 1 if end > pos and buf[end - 1] == 13 else end
-            if stop - pos > limit:
+            if stop - pos > limit and stop - pos > self._line_limit(buf, pos):
                 self._reply(R.LINE_TOO_LONG)
                 pos = end + 1
                 continue
             line = buf[pos:stop]
             pos = end + 1
             self._line(line)
-        self._buffer = buf[pos:] if pos < size and self._phase != _CLOSED else b""
+        if pos < size and self._phase != _CLOSED and self._phase != _TLS:
+            self._buffer = buf[pos:]
+        else:
+            # Closing, or STARTTLS: what was pipelined after it is dropped.
+            self._buffer = b""
+
+    def _line_limit(self, buf: bytes, pos: int) -> int:
+        # AUTH commands and SASL responses may be longer than commands.
+        if self._sasl is not None or buf[pos : pos + 5].upper() == b"AUTH ":
+            return _SASL_LINE
+        return self._opts.max_command_length
 
     def _line(self, line: bytes) -> None:
+        if self._sasl is not None:
+            self._sasl_line(line)
+            return
         verb, argument = split_command(line)
         handler = self._handlers.get(verb)
         if handler is not None:
+            if self._auth_required and self.session.user is None and verb != b"AUTH":
+                self._unauthenticated += 1
+                if self._unauthenticated > self._opts.max_unauthenticated_commands:
+                    self.session.error = "too many unauthenticated commands"
+                    self._reply(R.TOO_MANY_UNAUTHENTICATED)
+                    return
             handler(self, argument)
             return
         if verb in _HTTP_VERBS:
             self.session.error = "HTTP request"
             self._reply(R.HTTP_REQUEST)
             return
-        self._unrecognized += 1
-        if self._unrecognized > self._opts.max_unrecognized_commands:
-            self.session.error = "too many unrecognized commands"
-            self._reply(R.TOO_MANY_UNRECOGNIZED)
-        else:
-            self._reply(R.UNKNOWN_COMMAND)
+        self._unknown(verb)
 
     # -- output ----------------------------------------------------------
 
@@ -449,6 +485,11 @@ class SMTPProtocol(Protocol):
             self._idle = self._clock.callLater(self._opts.socket_timeout, self._timed_out)
             return
         self.session.error = "timeout"
+        if self._phase == _TLS:
+            # Nothing can be said in the middle of a handshake.
+            if self.transport is not None:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
         self._reply(R.TIMEOUT)
         self._flush()
 
@@ -495,7 +536,7 @@ class SMTPProtocol(Protocol):
         self._helo = True
         if command == "EHLO":
             self._enhanced = not self._opts.hide_enhancedstatuscodes
-            self._out.append(self.factory.ehlo_reply(self))
+            self._out.append(self.factory.ehlo_reply(self.session))
         else:
             self._enhanced = False
             self._out.append(self.factory.helo_reply)
@@ -538,6 +579,9 @@ class SMTPProtocol(Protocol):
         envelope = self.session.envelope
         if envelope.mail_from is not None:
             self._reply(R.NESTED_MAIL)
+            return
+        if self._auth_required and self.session.user is None:
+            self._reply(self.factory.auth_required_reply)
             return
         opts = self._opts
         try:
@@ -598,6 +642,13 @@ class SMTPProtocol(Protocol):
             if ret not in ("FULL", "HDRS"):
                 return R.BAD_PARAMETER_VALUE.with_text("RET must be FULL or HDRS")
             envelope.dsn.ret = ret
+            return None
+        if key == "AUTH" and self.factory.offers_auth(self.session):
+            return None  # RFC 4954 section 5: accepted; trust is ours to decide
+        if key == "REQUIRETLS" and self.session.secure:
+            if value is not True:
+                return R.BAD_PARAMETER_VALUE.with_text("REQUIRETLS takes no value")
+            envelope.require_tls = True
             return None
         if key == "ENVID" and not opts.hide_dsn:
             if not isinstance(value, str) or not value or len(value) > 100:
@@ -785,6 +836,210 @@ class SMTPProtocol(Protocol):
         self._transaction_ended()
         self._flush()
         self._unpause(_HOOK)
+
+
+    # -- TLS -------------------------------------------------------------
+
+    @property
+    def _auth_required(self) -> bool:
+        return self.factory.on_auth is not None and not self._opts.auth_optional
+
+    def do_STARTTLS(self, argument: bytes) -> None:
+        if not self.factory.offers_starttls(self.session):
+            if self.session.secure:
+                self._reply(R.TLS_ACTIVE)
+            else:
+                self._unknown(b"STARTTLS")
+            return
+        if argument:
+            self._reply(R.NO_ARGUMENTS)
+            return
+        if self.session.envelope.mail_from is not None:
+            self._reply(R.BAD_SEQUENCE)
+            return
+        self._reply(R.READY_FOR_TLS)
+        self._flush()
+        # Whatever the client pipelined after STARTTLS in plaintext is
+        # dropped: it must not be taken as coming over TLS (CVE-2011-0411).
+        self._phase = _TLS
+        self._buffer = b""
+        assert self.transport is not None
+        creator = self.factory.tls_creator
+        assert creator is not None
+        self.transport.startTLS(creator)  # type: ignore[attr-defined]
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake finished: reset the session and tell C{on_secure}.
+        """
+        if self._lost or self._phase != _TLS:
+            return
+        session = self.session
+        session.secure = True
+        session.tls = tls_info(self.transport)
+        session.user = None
+        session.opening_command = ""
+        session.host_name_appears_as = ""
+        self._helo = False
+        self._reset_envelope()
+        hook = self.factory.on_secure
+        if hook is None:
+            self._secured(None)
+        else:
+            self._run_hook(hook, (self.transport, session), self._secured)
+
+    def _secured(self, result: Any) -> None:
+        if isinstance(result, Failure):
+            error: BaseException = result.value  # type: ignore[assignment]
+            if is_rejection(error):
+                reply = reply_for_error(error, R.TLS_REJECTED).closing()
+            else:
+                if not isinstance(error, HookTimeout):
+                    self._hook_crashed(result, "on_secure")
+                reply = R.TLS_REJECTED
+            self.session.error = "TLS session rejected"
+            self._phase = _COMMAND
+            self._reply(reply)
+            self._flush()
+            return
+        if self._implicit_tls:
+            self._implicit_tls = False
+            self._phase = _GREETING
+            self._start_session()
+            return
+        self._phase = _COMMAND
+        if self._buffer and not self._paused & _HOOK:
+            self._process()
+
+    # -- AUTH ------------------------------------------------------------
+
+    def do_AUTH(self, argument: bytes) -> None:
+        session = self.session
+        if not self.factory.offers_auth(session):
+            if self.factory.on_auth is not None and not session.secure:
+                self._reply(R.ENCRYPTION_REQUIRED)
+            else:
+                self._unknown(b"AUTH")
+            return
+        if not self._helo or session.opening_command == "HELO":
+            self._reply(R.NEED_HELO)
+            return
+        if session.user is not None:
+            self._reply(R.AUTH_ALREADY)
+            return
+        if session.envelope.mail_from is not None:
+            self._reply(R.AUTH_IN_TRANSACTION)
+            return
+        name, _, initial = argument.partition(b" ")
+        if not name:
+            self._reply(R.AUTH_SYNTAX)
+            return
+        method = name.decode("ascii", "replace").upper()
+        if method not in self._opts.auth_methods:
+            self._reply(R.AUTH_UNKNOWN_MECHANISM)
+            return
+        mechanism = new_mechanism(method, self.factory.cram_challenge)
+        data: bytes | None = None
+        initial = initial.strip()
+        if initial:
+            if initial == b"=":
+                data = b""
+            else:
+                decoded = _b64decode(initial)
+                if decoded is None:
+                    self._reply(R.AUTH_BAD_BASE64)
+                    return
+                data = decoded
+        self._sasl = mechanism
+        try:
+            self._sasl_result(mechanism.start(data))
+        except SASLError:
+            self._sasl = None
+            self._reply(R.AUTH_MALFORMED)
+
+    def _sasl_line(self, line: bytes) -> None:
+        mechanism = self._sasl
+        if line.strip() == b"*":
+            self._sasl = None
+            self._sasl_failure = None
+            self._reply(R.AUTH_CANCELLED)
+            return
+        failure = self._sasl_failure
+        if failure is not None:
+            # The client acknowledged an XOAUTH2 error challenge.
+            self._sasl = None
+            self._sasl_failure = None
+            self._reply(failure)
+            return
+        decoded = _b64decode(line.strip())
+        if decoded is None:
+            self._sasl = None
+            self._reply(R.AUTH_BAD_BASE64)
+            return
+        try:
+            self._sasl_result(mechanism.step(decoded))
+        except SASLError:
+            self._sasl = None
+            self._reply(R.AUTH_MALFORMED)
+
+    def _sasl_result(self, step: Challenge | AuthRequest) -> None:
+        if isinstance(step, Challenge):
+            self._out.append(b"334 " + base64.b64encode(step.data) + b"\r\n")
+            return
+        hook = self.factory.on_auth
+        assert hook is not None
+
+        def done(result: Any) -> None:
+            if isinstance(result, Failure):
+                self._sasl = None
+                error: BaseException = result.value  # type: ignore[assignment]
+                if isinstance(error, HookTimeout) or not is_rejection(error):
+                    if not isinstance(error, HookTimeout):
+                        self._hook_crashed(result, "on_auth")
+                    self._reply(R.AUTH_TEMPORARY)
+                else:
+                    self._reply(reply_for_error(error, R.AUTH_FAILED))
+                return
+            self._auth_answer(result, step)
+
+        self._run_hook(hook, (step, self.session), done)
+
+    def _auth_answer(self, result: Any, request: AuthRequest) -> None:
+        if isinstance(result, AuthResponse) and result.user is not None:
+            self._sasl = None
+            self.session.user = result.user
+            reply = R.AUTH_OK
+            if result.code is not None or result.message:
+                code = result.code if result.code is not None else 235
+                reply = Reply(code, f"{code // 100}.7.0", result.message or reply.text)
+            self._reply(reply)
+            return
+        data = result.data if isinstance(result, AuthResponse) else None
+        if request.method == "XOAUTH2" and data:
+            # RFC 7628 3.2.2: an error challenge, then 535 once the client
+            # answers it with an empty response.
+            blob = json.dumps(data, separators=(",", ":")).encode("utf-8")
+            self._sasl_failure = R.AUTH_FAILED
+            self._out.append(b"334 " + base64.b64encode(blob) + b"\r\n")
+            return
+        self._sasl = None
+        message = result.message if isinstance(result, AuthResponse) else None
+        self._reply(R.AUTH_FAILED.with_text(message) if message else R.AUTH_FAILED)
+
+    def _unknown(self, verb: bytes) -> None:
+        self._unrecognized += 1
+        if self._unrecognized > self._opts.max_unrecognized_commands:
+            self.session.error = "too many unrecognized commands"
+            self._reply(R.TOO_MANY_UNRECOGNIZED)
+        else:
+            self._reply(R.UNKNOWN_COMMAND)
+
+
+def _b64decode(data: bytes) -> bytes | None:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def _command_table(server: SMTPServer) -> dict[bytes, Callable[[SMTPProtocol, bytes], None]]:

@@ -5,6 +5,7 @@ connections, and closes gracefully.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -17,6 +18,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from . import _errors as R
 from ._errors import Reply
@@ -24,6 +26,7 @@ from ._hooks import HOOK_NAMES
 from ._options import Options
 from ._protocol import SMTPProtocol, _command_table
 from ._session import Session
+from ._tls import ServerTLS, load_pem
 
 __all__ = ["SMTPServer"]
 
@@ -110,8 +113,6 @@ class SMTPServer(ServerFactory):
                 if not callable(hook):
                     raise TypeError(f"hook {name!r} must be callable, not {hook!r}")
                 setattr(self, name, hook)
-        if self.on_auth is not None:
-            raise ValueError("hook 'on_auth' is not supported by this version of smtphooks")
         self._protocols: set[SMTPProtocol] = set()
         self._per_ip: dict[str, int] = {}
         self._ports: list[IListeningPort] = []
@@ -120,14 +121,19 @@ class SMTPServer(ServerFactory):
         self._resolver: Any = self.options.resolver
         self.reverse_lookup_timeout = REVERSE_LOOKUP_TIMEOUT
         self.handlers = _command_table(self)
+        opts = self.options
+        self.tls_creator: ServerTLS | None = None
+        default_tls = opts.tls
+        if opts.tls_cert is not None and opts.tls_key is not None:
+            default_tls = load_pem(opts.tls_cert, opts.tls_key)
+        if default_tls is not None:
+            self.tls_creator = ServerTLS(default_tls, opts.sni, opts.request_cert)
+        message = opts.auth_required_message
+        self.auth_required_reply = (
+            R.AUTH_REQUIRED.with_text(message) if message else R.AUTH_REQUIRED
+        )
+        self._ehlo_tails: dict[tuple[bool, bool, bool], bytes] = {}
         self._build_replies()
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "on_auth" and value is not None:
-            # AUTH is not in this version; an accepted hook that is never
-            # called would be a silent hole.
-            raise ValueError("hook 'on_auth' is not supported by this version of smtphooks")
-        super().__setattr__(name, value)
 
     # -- replies that depend on the options --------------------------------
 
@@ -137,6 +143,34 @@ class SMTPServer(ServerFactory):
         greeting = f"{name} ESMTP {opts.banner}".rstrip()
         self.greeting = Reply(220, None, greeting).plain
         self.helo_reply = Reply(250, None, name).plain
+        commands = sorted(verb.decode() for verb in self.handlers)
+        self.help_reply = Reply(
+            214, "2.0.0", "Commands: " + " ".join(commands) + "\nSee RFC 5321"
+        )
+
+    def offers_starttls(self, session: Session) -> bool:
+        """
+        Whether STARTTLS is offered to this session now.
+        """
+        return (
+            self.tls_creator is not None
+            and not session.secure
+            and not self.options.hide_starttls
+            and b"STARTTLS" in self.handlers
+        )
+
+    def offers_auth(self, session: Session) -> bool:
+        """
+        Whether AUTH is offered to this session now.
+        """
+        return (
+            self.on_auth is not None
+            and b"AUTH" in self.handlers
+            and (session.secure or self.options.allow_insecure_auth)
+        )
+
+    def _extensions(self, starttls: bool, auth: bool, secure: bool) -> list[str]:
+        opts = self.options
         extensions = []
         if not opts.hide_pipelining:
             extensions.append("PIPELINING")
@@ -146,23 +180,54 @@ class SMTPServer(ServerFactory):
             extensions.append("SMTPUTF8")
         if not opts.hide_size:
             extensions.append(f"SIZE {opts.size}" if opts.size else "SIZE")
+        if auth:
+            extensions.append("AUTH " + " ".join(opts.auth_methods))
+        if starttls:
+            extensions.append("STARTTLS")
         if not opts.hide_enhancedstatuscodes:
             extensions.append("ENHANCEDSTATUSCODES")
         if not opts.hide_dsn:
             extensions.append("DSN")
-        self._ehlo_tail = extensions
-        commands = sorted(verb.decode() for verb in self.handlers)
-        self.help_reply = Reply(
-            214, "2.0.0", "Commands: " + " ".join(commands) + "\nSee RFC 5321"
-        )
+        if secure:
+            extensions.append("REQUIRETLS")
+        return extensions
 
-    def ehlo_reply(self, protocol: SMTPProtocol) -> bytes:
+    def ehlo_reply(self, session: Session) -> bytes:
         """
-        The EHLO reply for one session.
+        The EHLO reply for one session, as it stands now.
         """
-        session = protocol.session
+        key = (self.offers_starttls(session), self.offers_auth(session), session.secure)
+        tail = self._ehlo_tails.get(key)
+        if tail is None:
+            lines = self._extensions(*key)
+            tail = self._ehlo_tails[key] = "".join(
+                f"250{'-' if i < len(lines) - 1 else ' '}{line}\r\n"
+                for i, line in enumerate(lines)
+            ).encode("ascii")
         first = f"{self.options.name} greets {session.client_hostname}"
-        return Reply(250, None, "\n".join([first, *self._ehlo_tail])).plain
+        if not tail:
+            return Reply(250, None, first).plain
+        return b"250-" + first.encode("utf-8") + b"\r\n" + tail
+
+    def cram_challenge(self) -> str:
+        """
+        A new CRAM-MD5 challenge.
+        """
+        return f"<{secrets.randbelow(10**12)}.{int(self.clock.seconds())}@{self.options.name}>"
+
+    def update_tls(self, context_factory: Any) -> None:
+        """
+        Use another certificate for new connections (STARTTLS, and listeners
+        with C{secure=True}), without a restart; sessions already secured
+        keep theirs.
+
+        @param context_factory: anything with C{getContext()}, such as a
+            L{twisted.internet.ssl.CertificateOptions}.
+        @raise ValueError: if the server was built without TLS.
+        """
+        if self.tls_creator is None:
+            raise ValueError("update_tls: this server was built without TLS")
+        self.tls_creator.update(context_factory)
 
     # -- connections ---------------------------------------------------------
 
@@ -241,16 +306,20 @@ class SMTPServer(ServerFactory):
             endpoint (TLS is not supported by this version).
         """
         if isinstance(endpoint, str):
-            if endpoint.split(":", 1)[0].lower() in ("ssl", "tls", "haproxy"):
+            if endpoint.split(":", 1)[0].lower() == "haproxy":
                 raise ValueError(
-                    f"endpoint {endpoint!r}: TLS and PROXY endpoints are not supported "
+                    f"endpoint {endpoint!r}: PROXY endpoints are not supported "
                     "by this version of smtphooks"
                 )
             endpoint = cast(
                 IStreamServerEndpoint,
                 serverFromString(self._reactor, endpoint),  # type: ignore[no-untyped-call]
             )
-        d: Deferred[IListeningPort] = endpoint.listen(self)
+        factory: Any = self
+        if self.options.secure:
+            assert self.tls_creator is not None
+            factory = TLSMemoryBIOFactory(self.tls_creator, False, self)
+        d: Deferred[IListeningPort] = endpoint.listen(factory)
 
         def listening(port: IListeningPort) -> IListeningPort:
             self._ports.append(port)
