@@ -275,3 +275,9 @@ AUTH_REQUIRED: Final = Reply(530, "5.7.0", "Authentication required")
 TOO_MANY_UNAUTHENTICATED: Final = Reply(
     421, "4.7.0", "Too many unauthenticated commands, closing connection", close=True
 )
+
+# CHUNKING
+CHUNK_OK: Final = Reply(250, "2.0.0", "Chunk received")
+BDAT_SYNTAX: Final = Reply(501, "5.5.4", "Syntax: BDAT size [LAST]")
+DATA_AFTER_BDAT: Final = Reply(503, "5.5.1", "Error: DATA is not allowed after BDAT")
+BINARYMIME_NEEDS_BDAT: Final = Reply(503, "5.5.1", "Error: BODY=BINARYMIME requires BDAT")

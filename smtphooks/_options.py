@@ -95,7 +95,7 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
     OptionSpec(
         "use_xforward", "networks", False, "accept XFORWARD from these clients", implemented=False
     ),
-    OptionSpec("lmtp", "bool", False, "speak LMTP instead of SMTP", implemented=False),
+    OptionSpec("lmtp", "bool", False, "speak LMTP instead of SMTP"),
     OptionSpec("socket_timeout", "seconds", 60.0, "idle seconds before a client is disconnected"),
     OptionSpec("close_timeout", "seconds", 30.0, "seconds a graceful close waits for sessions"),
     OptionSpec(

@@ -169,11 +169,11 @@ def _parse_path(
     @raise ParseError: with C{bad}.
     """
     end = 0
+    address = ""
     if text[0] == "<":
         if text[1:2] == ">":
             if null:
                 end = 2
-                address = ""
         elif postmaster and text[1:11].lower() == "postmaster" and text[11:12] == ">":
             end = 12
             address = text[1:11]
@@ -499,8 +499,10 @@ class DataScanner:
     (or at the very start) is removed: bare CR and bare LF are data, so
     C{"\\n.\\n"} and its kin are delivered byte-exact (no SMTP smuggling).
 
-    The work is done with C{bytes.find} over whole buffers; at most four
-    bytes (a possible partial terminator) are held back between calls.
+    The work is done by C{bytes.find} over whole buffers (and
+    C{bytes.replace} where many lines start with C{"."}), in time linear in
+    the input; at most four bytes (a possible partial terminator) are held
+    back between calls.
 
     @ivar done: L{True} once the end of the message has been seen; then
         L{feed} must not be called again.

@@ -45,6 +45,7 @@ _COMMAND: Final = 1  # reading command lines
 _DATA: Final = 2  # reading message data after DATA
 _CLOSED: Final = 3  # closing: nothing more is read
 _TLS: Final = 4  # a TLS handshake is under way
+_BDAT: Final = 5  # reading the bytes of a BDAT chunk
 
 # Reasons to stop reading from the transport (a bit mask)
 _HOOK: Final = 1  # a hook is pending: stop processing input too
@@ -60,6 +61,12 @@ _SASL_LINE: Final = 12288
 
 Done = Callable[[Any], None]
 _DONE: Final = Failure(ConnectionDone())  # type: ignore[no-untyped-call]
+
+
+class TransactionAbandoned(Exception):
+    """
+    The client reset the transaction before the last BDAT chunk.
+    """
 
 
 def _reverse_name(ip: str) -> str | None:
@@ -126,6 +133,9 @@ class SMTPProtocol(Protocol):
         self._sasl: Any = None
         self._sasl_failure: Reply | None = None
         self._implicit_tls = False
+        self._bdat_left = 0
+        self._bdat_last = False
+        self._bdat_refusal: Reply | None = None
 
     # -- connection ------------------------------------------------------
 
@@ -328,6 +338,8 @@ class SMTPProtocol(Protocol):
                     self._process_lines()
                 elif phase == _DATA:
                     self._process_data()
+                elif phase == _BDAT:
+                    self._process_bdat()
                 elif phase == _TLS:
                     break
                 elif phase == _GREETING:
@@ -499,6 +511,7 @@ class SMTPProtocol(Protocol):
         """
         return (
             self._phase == _DATA
+            or self._phase == _BDAT
             or self._data_hook is not None
             or self.session.envelope.mail_from is not None
         )
@@ -527,14 +540,14 @@ class SMTPProtocol(Protocol):
 
     def _hello(self, argument: bytes, command: str) -> None:
         if not argument:
-            self._reply(R.EHLO_SYNTAX if command == "EHLO" else R.HELO_SYNTAX)
+            self._reply(R.HELO_SYNTAX.with_text(f"Syntax: {command} hostname"))
             return
         session = self.session
         session.opening_command = command
         session.host_name_appears_as = clean_text(argument.decode("utf-8", "replace"))
         self._reset_envelope()
         self._helo = True
-        if command == "EHLO":
+        if command != "HELO":
             self._enhanced = not self._opts.hide_enhancedstatuscodes
             self._out.append(self.factory.ehlo_reply(self.session))
         else:
@@ -547,7 +560,12 @@ class SMTPProtocol(Protocol):
     def do_HELO(self, argument: bytes) -> None:
         self._hello(argument, "HELO")
 
+    def do_LHLO(self, argument: bytes) -> None:
+        self._hello(argument, "LHLO")
+
     def _reset_envelope(self) -> None:
+        if self._stream is not None:
+            self._abandon_message()
         self.session.envelope = Envelope()
 
     def do_RSET(self, argument: bytes) -> None:
@@ -628,7 +646,11 @@ class SMTPProtocol(Protocol):
             return None
         if key == "BODY":
             body = value.upper() if isinstance(value, str) else ""
-            if body == "7BIT" or (body == "8BITMIME" and not opts.hide_8bitmime):
+            if (
+                body == "7BIT"
+                or (body == "8BITMIME" and not opts.hide_8bitmime)
+                or (body == "BINARYMIME" and not opts.hide_chunking)
+            ):
                 envelope.body_type = body
                 return None
             return R.BAD_PARAMETER_VALUE.with_text("Unsupported BODY type")
@@ -720,23 +742,39 @@ class SMTPProtocol(Protocol):
 
         self._run_hook(hook, (address, self.session), done)
 
+    def _can_start_data(self) -> Reply | None:
+        if not self._helo:
+            return R.NEED_HELO
+        envelope = self.session.envelope
+        if envelope.mail_from is None:
+            return R.NEED_MAIL
+        if not envelope.rcpt_to:
+            return R.NEED_RCPT
+        return None
+
     def do_DATA(self, argument: bytes) -> None:
         if argument:
             self._reply(R.NO_ARGUMENTS)
             return
-        if not self._helo:
-            self._reply(R.NEED_HELO)
-            return
-        envelope = self.session.envelope
-        if envelope.mail_from is None:
-            self._reply(R.NEED_MAIL)
-            return
-        if not envelope.rcpt_to:
-            self._reply(R.NEED_RCPT)
+        refusal = self._can_start_data()
+        if refusal is None:
+            if self._stream is not None:
+                refusal = R.DATA_AFTER_BDAT
+            elif self.session.envelope.body_type == "BINARYMIME":
+                refusal = R.BINARYMIME_NEEDS_BDAT
+        if refusal is not None:
+            self._reply(refusal)
             return
         self._reply(R.START_DATA)
         self._phase = _DATA
         self._scanner = DataScanner()
+        self._start_message()
+
+    def _start_message(self) -> None:
+        """
+        A message body begins (DATA, or the first BDAT): open its stream and
+        call C{on_data}, which reads it while it arrives.
+        """
         self._over_limit = False
         stream = self._stream = DataStream(self)
         self._data_outcome = None
@@ -746,41 +784,50 @@ class SMTPProtocol(Protocol):
             self._data_outcome = [None]
             return
         d = self._data_hook = call_hook(hook, (stream, self.session), self._clock, None)
-        d.addBoth(self._data_hook_done)
+        d.addBoth(self._data_hook_done, stream)
 
-    def _data_hook_done(self, result: Any) -> None:
-        if self._lost:
-            return
+    def _data_hook_done(self, result: Any, stream: DataStream) -> None:
+        if self._lost or stream is not self._stream:
+            return  # the transaction was abandoned meanwhile
         self._data_outcome = [result]
-        stream = self._stream
-        if stream is not None and not stream.ended:
+        if not stream.ended:
             # The hook is done with the stream: the server reads the rest.
             stream.discard()
             return
-        if self._phase != _DATA:
+        if self._phase == _COMMAND and self._bdat_last:
             self._finish_data()
+
+    def _body(self, body: bytes) -> None:
+        """
+        Bytes of the message body, dot-unstuffed: into the stream, or
+        dropped once the size limit is passed.
+        """
+        if self._over_limit:
+            return
+        stream = self._stream
+        assert stream is not None
+        limit = self._opts.size
+        if limit and stream.byte_length + len(body) > limit:
+            self._over_limit = True
+            stream.end(size_exceeded=True)
+        elif not stream.ended:
+            stream.write(body)
 
     def _process_data(self) -> None:
         scanner = self._scanner
         assert scanner is not None
         body, rest = scanner.feed(self._buffer)
         self._buffer = b""
-        if body and not self._over_limit:
-            stream = self._stream
-            assert stream is not None
-            limit = self._opts.size
-            if limit and stream.byte_length + len(body) > limit:
-                self._over_limit = True
-                stream.end(size_exceeded=True)
-            else:
-                stream.write(body)
+        if body:
+            self._body(body)
         if rest is not None:
             self._buffer = rest
-            self._end_of_data()
+            self._scanner = None
+            self._bdat_last = True
+            self._end_of_message()
 
-    def _end_of_data(self) -> None:
+    def _end_of_message(self) -> None:
         self._phase = _COMMAND
-        self._scanner = None
         self._unpause(_BODY)
         stream = self._stream
         assert stream is not None
@@ -805,6 +852,41 @@ class SMTPProtocol(Protocol):
         d.cancel()
         self._finish_data()
 
+    def _data_replies(self, result: Any, stream: DataStream) -> list[Reply]:
+        """
+        The replies that end a message: one, or in LMTP one per recipient.
+        """
+        count = len(self.session.envelope.rcpt_to) if self._opts.lmtp else 1
+        if stream.size_exceeded:
+            return [R.SIZE_EXCEEDED] * count
+        if isinstance(result, Failure):
+            return [self._rejection(result, R.DATA_REJECTED, "on_data")] * count
+        if result is None:
+            return [R.QUEUED] * count
+        if isinstance(result, str):
+            return [R.QUEUED.with_text(result)] * count
+        if self._opts.lmtp and isinstance(result, (list, tuple)) and len(result) == count:
+            replies = []
+            for entry in result:
+                if entry is None:
+                    replies.append(R.QUEUED)
+                elif isinstance(entry, str):
+                    replies.append(R.QUEUED.with_text(entry))
+                elif isinstance(entry, BaseException) and is_rejection(entry):
+                    replies.append(reply_for_error(entry, R.DATA_REJECTED))
+                else:
+                    break
+            else:
+                return replies
+        log.error(
+            "hook on_data returned {result!r}; expected None, a string{lmtp} "
+            "(session {session_id})",
+            result=result,
+            lmtp=f", or a list of {count} entries" if self._opts.lmtp else "",
+            session_id=self.session.id,
+        )
+        return [R.HOOK_FAILED] * count
+
     def _finish_data(self) -> None:
         outcome, stream = self._data_outcome, self._stream
         assert outcome is not None and stream is not None
@@ -814,29 +896,87 @@ class SMTPProtocol(Protocol):
         self._data_hook = None
         self._data_outcome = None
         self._stream = None
-        result = outcome[0]
-        if stream.size_exceeded:
-            reply = R.SIZE_EXCEEDED
-        elif isinstance(result, Failure):
-            reply = self._rejection(result, R.DATA_REJECTED, "on_data")
-        elif result is None:
-            reply = R.QUEUED
-        elif isinstance(result, str):
-            reply = R.QUEUED.with_text(result)
-        else:
-            log.error(
-                "hook on_data returned {result!r}; expected None or a string (session {session_id})",
-                result=result,
-                session_id=self.session.id,
-            )
-            reply = R.HOOK_FAILED
+        self._bdat_last = False
+        for reply in self._data_replies(outcome[0], stream):
+            self._reply(reply)
         self._reset_envelope()
         self.session.transaction += 1
-        self._reply(reply)
         self._transaction_ended()
         self._flush()
         self._unpause(_HOOK)
 
+    def _abandon_message(self) -> None:
+        """
+        A BDAT transaction ends without its LAST chunk (RSET, EHLO): the
+        hook's stream fails and its result is ignored.
+        """
+        stream = self._stream
+        if stream is None:
+            return
+        self._stream = None
+        self._data_hook = None
+        self._data_outcome = None
+        self._bdat_last = False
+        if not stream.ended:
+            stream.fail(Failure(TransactionAbandoned()))  # type: ignore[no-untyped-call]
+
+    # -- BDAT (RFC 3030) -------------------------------------------------
+
+    def do_BDAT(self, argument: bytes) -> None:
+        size_text, _, last_text = argument.partition(b" ")
+        last_text = last_text.strip()
+        if (
+            not size_text.isdigit()
+            or len(size_text) > 18
+            or (last_text and last_text.upper() != b"LAST")
+        ):
+            # Without a byte count nothing can be skipped: the client has to
+            # recover by itself.
+            self._reply(R.BDAT_SYNTAX)
+            return
+        refusal = None
+        if self._opts.hide_chunking:
+            refusal = R.UNKNOWN_COMMAND
+        elif self._stream is None:
+            refusal = self._can_start_data()
+        self._bdat_left = int(size_text)
+        self._bdat_last = bool(last_text)
+        self._bdat_refusal = refusal
+        if refusal is None and self._stream is None:
+            self._start_message()
+        self._phase = _BDAT
+        if self._bdat_left == 0:
+            self._end_of_chunk()
+
+    def _process_bdat(self) -> None:
+        buf = self._buffer
+        take = self._bdat_left
+        if len(buf) <= take:
+            chunk, self._buffer = buf, b""
+        else:
+            chunk, self._buffer = buf[:take], buf[take:]
+        self._bdat_left -= len(chunk)
+        if self._bdat_refusal is None and chunk:
+            self._body(chunk)
+        if self._bdat_left == 0:
+            self._end_of_chunk()
+
+    def _end_of_chunk(self) -> None:
+        refusal = self._bdat_refusal
+        if refusal is not None:
+            # The chunk of a refused BDAT was read and dropped.
+            self._phase = _COMMAND
+            self._bdat_refusal = None
+            self._bdat_last = False
+            self._reply(refusal)
+            return
+        if self._bdat_last:
+            self._end_of_message()
+            return
+        self._phase = _COMMAND
+        stream = self._stream
+        assert stream is not None
+        self._reply(R.CHUNK_OK.with_text(f"{stream.byte_length} octets received"))
 
     # -- TLS -------------------------------------------------------------
 
@@ -1049,6 +1189,8 @@ def _command_table(server: SMTPServer) -> dict[bytes, Callable[[SMTPProtocol, by
     """
     table: dict[bytes, Callable[[SMTPProtocol, bytes], None]] = {}
     disabled = set(server.options.disabled_commands)
+    # LMTP opens with LHLO only; SMTP never with LHLO (RFC 2033 section 4.1).
+    disabled |= {"HELO", "EHLO"} if server.options.lmtp else {"LHLO"}
     for name in dir(SMTPProtocol):
         if name.startswith("do_"):
             verb = name[3:]

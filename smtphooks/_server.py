@@ -140,7 +140,7 @@ class SMTPServer(ServerFactory):
     def _build_replies(self) -> None:
         opts = self.options
         name = opts.name
-        greeting = f"{name} ESMTP {opts.banner}".rstrip()
+        greeting = f"{name} {'LMTP' if opts.lmtp else 'ESMTP'} {opts.banner}".rstrip()
         self.greeting = Reply(220, None, greeting).plain
         self.helo_reply = Reply(250, None, name).plain
         commands = sorted(verb.decode() for verb in self.handlers)
@@ -188,6 +188,9 @@ class SMTPServer(ServerFactory):
             extensions.append("ENHANCEDSTATUSCODES")
         if not opts.hide_dsn:
             extensions.append("DSN")
+        if not opts.hide_chunking:
+            extensions.append("CHUNKING")
+            extensions.append("BINARYMIME")
         if secure:
             extensions.append("REQUIRETLS")
         return extensions
