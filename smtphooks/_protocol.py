@@ -608,6 +608,9 @@ class SMTPProtocol(Protocol):
             self._reply(e.reply)
             return
         params = path.params
+        if _has_control_characters(params):
+            self._reply(R.BAD_PARAMETER_VALUE.with_text("Control characters in a parameter"))
+            return
         new = Envelope()
         for key, value in params.items():
             reply = self._mail_param(key, value, new)
@@ -694,6 +697,9 @@ class SMTPProtocol(Protocol):
             path = parse_rcpt(argument, lenient=opts.lenient_addresses)
         except ParseError as e:
             self._reply(e.reply)
+            return
+        if _has_control_characters(path.params):
+            self._reply(R.BAD_PARAMETER_VALUE.with_text("Control characters in a parameter"))
             return
         dsn: RecipientDSN | None = None
         for key, value in path.params.items():
@@ -1173,6 +1179,15 @@ class SMTPProtocol(Protocol):
             self._reply(R.TOO_MANY_UNRECOGNIZED)
         else:
             self._reply(R.UNKNOWN_COMMAND)
+
+
+def _has_control_characters(params: dict[str, str | bool]) -> bool:
+    # xtext can smuggle CR, LF and NUL into decoded values; none of them
+    # may reach a hook that could write them into a header or a log.
+    for value in params.values():
+        if isinstance(value, str) and not value.isprintable():
+            return True
+    return False
 
 
 def _b64decode(data: bytes) -> bytes | None:
