@@ -281,3 +281,6 @@ CHUNK_OK: Final = Reply(250, "2.0.0", "Chunk received")
 BDAT_SYNTAX: Final = Reply(501, "5.5.4", "Syntax: BDAT size [LAST]")
 DATA_AFTER_BDAT: Final = Reply(503, "5.5.1", "Error: DATA is not allowed after BDAT")
 BINARYMIME_NEEDS_BDAT: Final = Reply(503, "5.5.1", "Error: BODY=BINARYMIME requires BDAT")
+TOO_SLOW: Final = Reply(
+    421, "4.4.2", "Timeout: the command or message took too long, closing connection", close=True
+)

@@ -97,6 +97,10 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
     ),
     OptionSpec("lmtp", "bool", False, "speak LMTP instead of SMTP"),
     OptionSpec("socket_timeout", "seconds", 60.0, "idle seconds before a client is disconnected"),
+    OptionSpec(
+        "command_timeout", "seconds", 60.0, "seconds a client may take to send one command line"
+    ),
+    OptionSpec("data_timeout", "seconds", 600.0, "seconds a client may take to send one message"),
     OptionSpec("close_timeout", "seconds", 30.0, "seconds a graceful close waits for sessions"),
     OptionSpec(
         "max_unauthenticated_commands",
@@ -225,6 +229,8 @@ class Options:
     use_xforward: bool | tuple[Network, ...]
     lmtp: bool
     socket_timeout: float
+    command_timeout: float
+    data_timeout: float
     close_timeout: float
     max_unauthenticated_commands: int
     max_unrecognized_commands: int

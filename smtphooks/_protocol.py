@@ -136,6 +136,8 @@ class SMTPProtocol(Protocol):
         self._bdat_left = 0
         self._bdat_last = False
         self._bdat_refusal: Reply | None = None
+        self._line_deadline = 0.0
+        self._data_deadline = 0.0
 
     # -- connection ------------------------------------------------------
 
@@ -324,6 +326,17 @@ class SMTPProtocol(Protocol):
         idle = self._idle
         if idle is not None:
             idle.reset(self._opts.socket_timeout)
+        if self._line_deadline or self._data_deadline:
+            # A client that trickles bytes is not idle, but a command line
+            # and a message each have a deadline.
+            now = self._clock.seconds()
+            if (self._line_deadline and now > self._line_deadline) or (
+                self._data_deadline and now > self._data_deadline
+            ):
+                self.session.error = "too slow"
+                self._reply(R.TOO_SLOW)
+                self._flush()
+                return
         if not self._busy and not self._paused & _HOOK:
             self._process()
 
@@ -363,6 +376,8 @@ class SMTPProtocol(Protocol):
         while pos < size and self._phase == _COMMAND and not self._paused & _HOOK:
             end = buf.find(b"\n", pos)
             if end < 0:
+                if not self._line_deadline:
+                    self._line_deadline = self._clock.seconds() + self._opts.command_timeout
                 if size - pos > limit and size - pos > self._line_limit(buf, pos):
                     if not self._discarding_line:
                         self._discarding_line = True
@@ -380,10 +395,12 @@ class SMTPProtocol(Protocol):
                 continue
             line = buf[pos:stop]
             pos = end + 1
+            self._line_deadline = 0.0
             self._line(line)
         if pos < size and self._phase != _CLOSED and self._phase != _TLS:
             self._buffer = buf[pos:]
         else:
+            self._line_deadline = 0.0
             # Closing, or STARTTLS: what was pipelined after it is dropped.
             self._buffer = b""
 
@@ -782,6 +799,7 @@ class SMTPProtocol(Protocol):
         call C{on_data}, which reads it while it arrives.
         """
         self._over_limit = False
+        self._data_deadline = self._clock.seconds() + self._opts.data_timeout
         stream = self._stream = DataStream(self)
         self._data_outcome = None
         hook = self.factory.on_data
@@ -834,6 +852,7 @@ class SMTPProtocol(Protocol):
 
     def _end_of_message(self) -> None:
         self._phase = _COMMAND
+        self._data_deadline = 0.0
         self._unpause(_BODY)
         stream = self._stream
         assert stream is not None
@@ -919,6 +938,7 @@ class SMTPProtocol(Protocol):
         stream = self._stream
         if stream is None:
             return
+        self._data_deadline = 0.0
         self._stream = None
         self._data_hook = None
         self._data_outcome = None
