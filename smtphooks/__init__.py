@@ -13,10 +13,7 @@ from ._hooks import Hooks, ISMTPHooks
 from ._server import SMTPServer
 from ._session import Address, Envelope, Session, TLSInfo
 from ._version import __version__
-try:
-    from .maildir import MaildirDelivery
-except ImportError:  # TEMP while maildir.py is written
-    pass
+from .maildir import MaildirDelivery
 
 __all__ = [
     "SMTPServer",

@@ -284,3 +284,13 @@ BINARYMIME_NEEDS_BDAT: Final = Reply(503, "5.5.1", "Error: BODY=BINARYMIME requi
 TOO_SLOW: Final = Reply(
     421, "4.4.2", "Timeout: the command or message took too long, closing connection", close=True
 )
+
+# XCLIENT and XFORWARD (Postfix's XCLIENT_README and XFORWARD_README)
+XCLIENT_DENIED: Final = Reply(550, "5.7.0", "Error: insufficient authorization")
+XCLIENT_IN_TRANSACTION: Final = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
+XCLIENT_SYNTAX: Final = Reply(501, "5.5.4", "Syntax: XCLIENT attribute=value ...")
+XATTR_EXPECTED: Final = Reply(501, "5.5.4", "Error: attribute=value expected")
+XATTR_TOO_LONG: Final = Reply(501, "5.5.4", "Error: attribute value too long")
+XATTR_BAD_NAME: Final = Reply(501, "5.5.4", "Error: bad attribute name")
+XATTR_BAD_VALUE: Final = Reply(501, "5.5.4", "Error: bad attribute value")
+AUTH_NEEDS_EHLO: Final = Reply(503, "5.5.1", "Error: AUTH needs EHLO first")

@@ -13,6 +13,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import os
 from typing import TYPE_CHECKING, Any, Callable, Final
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -67,6 +68,16 @@ class TransactionAbandoned(Exception):
     """
     The client reset the transaction before the last BDAT chunk.
     """
+
+
+def _address_text(address: object) -> str:
+    # IPv4Address/IPv6Address have a host; UNIXAddress a name (bytes or str).
+    host = getattr(address, "host", None)
+    if host is None:
+        host = getattr(address, "name", None)
+    if isinstance(host, bytes):
+        return os.fsdecode(host)
+    return str(host) if host is not None else ""
 
 
 def _reverse_name(ip: str) -> str | None:
@@ -133,11 +144,12 @@ class SMTPProtocol(Protocol):
         self._sasl: Any = None
         self._sasl_failure: Reply | None = None
         self._implicit_tls = False
-        self._bdat_left = 0
+        self._bdat_left = self._bdat_size = 0
         self._bdat_last = False
         self._bdat_refusal: Reply | None = None
         self._line_deadline = 0.0
         self._data_deadline = 0.0
+        self._stall_timer: IDelayedCall | None = None
 
     # -- connection ------------------------------------------------------
 
@@ -146,11 +158,13 @@ class SMTPProtocol(Protocol):
         assert transport is not None
         session = self.session
         host, peer = transport.getHost(), transport.getPeer()
-        session.local_address = str(getattr(host, "host", getattr(host, "name", "")) or "")
+        session.local_address = _address_text(host)
         session.local_port = int(getattr(host, "port", 0) or 0)
-        session.remote_address = str(getattr(peer, "host", "") or "")
+        session.remote_address = _address_text(peer) if hasattr(peer, "host") else ""
         session.remote_port = int(getattr(peer, "port", 0) or 0)
-        session.client_hostname = f"[{session.remote_address}]"
+        session.client_hostname = (
+            f"[{session.remote_address}]" if session.remote_address else "localhost"
+        )
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self._idle = self._clock.callLater(self._opts.socket_timeout, self._timed_out)
         refusal = self.factory.admit(self)
@@ -246,10 +260,10 @@ class SMTPProtocol(Protocol):
             return
         self._lost = True
         self._phase = _CLOSED
-        for timer in (self._idle, self._data_timer):
+        for timer in (self._idle, self._data_timer, self._stall_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._idle = self._data_timer = None
+        self._idle = self._data_timer = self._stall_timer = None
         stream = self._stream
         if stream is not None and not stream.ended:
             if self.session.error is None:
@@ -262,15 +276,22 @@ class SMTPProtocol(Protocol):
         # that never does is cancelled after hook_timeout.
         self._pending = None
         data_hook = self._data_hook
-        if data_hook is not None and self._data_outcome is None:
-            self._clock.callLater(self._opts.hook_timeout, data_hook.cancel)
+        if data_hook is not None and not data_hook.called:
+            cancel = self._clock.callLater(self._opts.hook_timeout, data_hook.cancel)
+
+            def finished(result: object) -> object:
+                if cancel.active():
+                    cancel.cancel()
+                return result
+
+            data_hook.addBoth(finished)
         if self._counted:
             self.factory.release(self)
-        self.factory.forget(self)
         hook = self.factory.on_close
         if hook is not None:
             d = call_hook(hook, (self.session,), self._clock, self._opts.hook_timeout)
             d.addErrback(self._hook_crashed, "on_close")
+        self.factory.forget(self)
 
     # -- flow control ----------------------------------------------------
 
@@ -284,11 +305,11 @@ class SMTPProtocol(Protocol):
         if not self._paused & reason:
             return
         self._paused &= ~reason
-        if self._lost:
+        if self._lost or self._phase == _CLOSED:
             return
         if not self._paused and self.transport is not None:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
-        if reason == _HOOK and self._buffer:
+        if reason != _BODY and self._buffer:
             self._process()
 
     # IPushProducer, for the transport: the client stopped reading replies.
@@ -312,9 +333,31 @@ class SMTPProtocol(Protocol):
     # The DataStream's source interface.
     def pause_body(self) -> None:
         self._pause(_BODY)
+        if self._stall_timer is None and not self._lost:
+            self._stall_timer = self._clock.callLater(self._opts.hook_timeout, self._body_stalled)
 
     def resume_body(self) -> None:
+        timer, self._stall_timer = self._stall_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
         self._unpause(_BODY)
+
+    def _body_stalled(self) -> None:
+        # on_data stopped reading its stream for hook_timeout: it counts as
+        # a hook that does not answer.  The rest of the body is discarded.
+        self._stall_timer = None
+        stream, d = self._stream, self._data_hook
+        if stream is None or d is None or self._data_outcome is not None:
+            return
+        log.warn(
+            "hook on_data stopped reading the message (session {session_id})",
+            session_id=self.session.id,
+        )
+        self._data_outcome = [
+            Failure(HookTimeout("on_data stopped reading"))  # type: ignore[no-untyped-call]
+        ]
+        stream.discard()
+        d.cancel()
 
     # -- input -----------------------------------------------------------
 
@@ -345,10 +388,12 @@ class SMTPProtocol(Protocol):
             return
         self._busy = True
         try:
-            while self._buffer and not self._paused & _HOOK:
+            while self._buffer and not self._paused & (_HOOK | _WRITE):
                 phase = self._phase
                 if phase == _COMMAND:
                     self._process_lines()
+                    if self._phase == _COMMAND and not self._paused & (_HOOK | _WRITE):
+                        break  # the rest is a partial line: wait for more
                 elif phase == _DATA:
                     self._process_data()
                 elif phase == _BDAT:
@@ -373,7 +418,8 @@ class SMTPProtocol(Protocol):
         pos = 0
         size = len(buf)
         limit = self._opts.max_command_length
-        while pos < size and self._phase == _COMMAND and not self._paused & _HOOK:
+        out = self._out
+        while pos < size and self._phase == _COMMAND and not self._paused & (_HOOK | _WRITE):
             end = buf.find(b"\n", pos)
             if end < 0:
                 if not self._line_deadline:
@@ -381,6 +427,7 @@ class SMTPProtocol(Protocol):
                 if size - pos > limit and size - pos > self._line_limit(buf, pos):
                     if not self._discarding_line:
                         self._discarding_line = True
+                        self._sasl = self._sasl_failure = None
                         self._reply(R.LINE_TOO_LONG)
                     pos = size
                 break
@@ -390,6 +437,7 @@ class SMTPProtocol(Protocol):
                 continue
             stop = end - 1 if end > pos and buf[end - 1] == 13 else end
             if stop - pos > limit and stop - pos > self._line_limit(buf, pos):
+                self._sasl = self._sasl_failure = None  # an AUTH exchange ends here
                 self._reply(R.LINE_TOO_LONG)
                 pos = end + 1
                 continue
@@ -397,6 +445,11 @@ class SMTPProtocol(Protocol):
             pos = end + 1
             self._line_deadline = 0.0
             self._line(line)
+            if len(out) >= 64:
+                # A client pipelining a flood of commands: hand the replies
+                # to the transport now, which pauses us if it is full.
+                self._flush()
+                out = self._out
         if pos < size and self._phase != _CLOSED and self._phase != _TLS:
             self._buffer = buf[pos:]
         else:
@@ -417,7 +470,7 @@ class SMTPProtocol(Protocol):
         verb, argument = split_command(line)
         handler = self._handlers.get(verb)
         if handler is not None:
-            if self._auth_required and self.session.user is None and verb != b"AUTH":
+            if self._auth_required and self.session.user is None:
                 self._unauthenticated += 1
                 if self._unauthenticated > self._opts.max_unauthenticated_commands:
                     self.session.error = "too many unauthenticated commands"
@@ -444,8 +497,23 @@ class SMTPProtocol(Protocol):
         self._phase = _CLOSED
         self._buffer = b""
         self._flush()
-        if self.transport is not None:
-            self.transport.loseConnection()
+        transport = self.transport
+        if transport is not None:
+            # A TLS transport does not shut down while a producer is
+            # registered with it.
+            transport.unregisterProducer()  # type: ignore[attr-defined]
+            transport.loseConnection()
+            # A client that does not read its last replies does not keep
+            # the connection: it is cut off after socket_timeout.
+            idle = self._idle
+            if idle is not None and idle.active():
+                idle.cancel()
+            self._idle = self._clock.callLater(self._opts.socket_timeout, self._abort)
+
+    def _abort(self) -> None:
+        self._idle = None
+        if not self._lost and self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def _flush(self) -> None:
         out = self._out
@@ -469,6 +537,11 @@ class SMTPProtocol(Protocol):
             d.addBoth(done)
             return
         self._pending = d
+        if self._phase == _GREETING:
+            # Keep reading: whatever the client sends before the greeting
+            # makes it an early talker.
+            d.addBoth(self._connect_hook_finished, done)
+            return
         self._pause(_HOOK)
 
         def finished(result: Any) -> None:
@@ -480,6 +553,12 @@ class SMTPProtocol(Protocol):
             self._unpause(_HOOK)
 
         d.addBoth(finished)
+
+    def _connect_hook_finished(self, result: Any, done: Done) -> None:
+        self._pending = None
+        if not self._lost:
+            done(result)
+            self._flush()
 
     def _hook_crashed(self, failure: Failure, name: str) -> None:
         if failure.check(CancelledError) and self._lost:  # type: ignore[no-untyped-call]
@@ -507,7 +586,7 @@ class SMTPProtocol(Protocol):
 
     def _timed_out(self) -> None:
         self._idle = None
-        if self._lost:
+        if self._lost or self._phase == _CLOSED:
             return
         if self._pending is not None or self._paused & (_HOOK | _BODY):
             # Waiting for our own hook is not the client's idleness.
@@ -543,7 +622,7 @@ class SMTPProtocol(Protocol):
                 self.transport.abortConnection()  # type: ignore[attr-defined]
             return
         self._shutdown_requested = True
-        if force or (not self.in_transaction() and self._pending is None):
+        if force or self._phase == _GREETING or (not self.in_transaction() and self._pending is None):
             self.session.error = self.session.error or "server shutting down"
             self._reply(R.SHUTTING_DOWN)
             self._flush()
@@ -562,6 +641,7 @@ class SMTPProtocol(Protocol):
         session = self.session
         session.opening_command = command
         session.host_name_appears_as = clean_text(argument.decode("utf-8", "replace"))
+        had = self.session.envelope.mail_from is not None
         self._reset_envelope()
         self._helo = True
         if command != "HELO":
@@ -570,6 +650,8 @@ class SMTPProtocol(Protocol):
         else:
             self._enhanced = False
             self._out.append(self.factory.helo_reply)
+        if had:
+            self._transaction_ended()
 
     def do_EHLO(self, argument: bytes) -> None:
         self._hello(argument, "EHLO")
@@ -605,7 +687,7 @@ class SMTPProtocol(Protocol):
         self._reply(R.VRFY if argument else R.SYNTAX)
 
     def do_HELP(self, argument: bytes) -> None:
-        self._reply(self.factory.help_reply)
+        self._reply(self.factory.help_reply(self.session))
 
     def do_MAIL(self, argument: bytes) -> None:
         if not self._helo:
@@ -645,16 +727,25 @@ class SMTPProtocol(Protocol):
 
         def done(result: Any) -> None:
             if isinstance(result, Failure):
-                self._reply(self._rejection(result, R.MAIL_REJECTED, "on_mail_from"))
+                reply = self._rejection(result, R.MAIL_REJECTED, "on_mail_from")
+                self._mail_rejected(new, reply)
             else:
                 self._mail_accepted(address, new)
 
+        # The hook sees the transaction's parameters (body type, DSN...);
+        # mail_from is set once it accepts.
+        self.session.envelope = new
         self._run_hook(hook, (address, self.session), done)
 
     def _mail_accepted(self, address: Address, envelope: Envelope) -> None:
         envelope.mail_from = address
         self.session.envelope = envelope
         self._reply(R.MAIL_OK)
+
+    def _mail_rejected(self, envelope: Envelope, reply: Reply) -> None:
+        if self.session.envelope is envelope:
+            self.session.envelope = Envelope()
+        self._reply(reply)
 
     def _mail_param(self, key: str, value: str | bool, envelope: Envelope) -> Reply | None:
         opts = self._opts
@@ -695,7 +786,7 @@ class SMTPProtocol(Protocol):
         if key == "ENVID" and not opts.hide_dsn:
             if not isinstance(value, str) or not value or len(value) > 100:
                 return R.BAD_PARAMETER_VALUE.with_text("Bad ENVID value")
-            if not all(32 < ord(c) < 127 for c in value):
+            if not all(32 <= ord(c) < 127 for c in value):
                 return R.BAD_PARAMETER_VALUE.with_text("Bad ENVID value")
             envelope.dsn.envid = value
             return None
@@ -734,7 +825,13 @@ class SMTPProtocol(Protocol):
                     self._reply(R.BAD_PARAMETER_VALUE.with_text("Bad NOTIFY value"))
                     return
                 addr_type, sep, rest = value.partition(";")
-                if not sep or not addr_type or not rest or not addr_type.isascii():
+                if (
+                    not sep
+                    or not rest
+                    or len(value) > 500
+                    or not addr_type.replace("-", "").isalnum()
+                    or not addr_type.isascii()
+                ):
                     self._reply(R.BAD_PARAMETER_VALUE.with_text("Bad ORCPT value"))
                     return
                 dsn.orcpt = value
@@ -811,8 +908,8 @@ class SMTPProtocol(Protocol):
         d.addBoth(self._data_hook_done, stream)
 
     def _data_hook_done(self, result: Any, stream: DataStream) -> None:
-        if self._lost or stream is not self._stream:
-            return  # the transaction was abandoned meanwhile
+        if self._lost or stream is not self._stream or self._data_outcome is not None:
+            return  # the transaction was abandoned, or the hook timed out
         self._data_outcome = [result]
         if not stream.ended:
             # The hook is done with the stream: the server reads the rest.
@@ -903,13 +1000,11 @@ class SMTPProtocol(Protocol):
                     break
             else:
                 return replies
-        log.error(
-            "hook on_data returned {result!r}; expected None, a string{lmtp} "
-            "(session {session_id})",
-            result=result,
-            lmtp=f", or a list of {count} entries" if self._opts.lmtp else "",
-            session_id=self.session.id,
+        expected = f"None, a string, or a list of {count} entries" if self._opts.lmtp else (
+            "None or a string"
         )
+        error = TypeError(f"on_data returned {result!r}; expected {expected}")
+        self._hook_crashed(Failure(error), "on_data")  # type: ignore[no-untyped-call]
         return [R.HOOK_FAILED] * count
 
     def _finish_data(self) -> None:
@@ -965,7 +1060,7 @@ class SMTPProtocol(Protocol):
             refusal = R.UNKNOWN_COMMAND
         elif self._stream is None:
             refusal = self._can_start_data()
-        self._bdat_left = int(size_text)
+        self._bdat_left = self._bdat_size = int(size_text)
         self._bdat_last = bool(last_text)
         self._bdat_refusal = refusal
         if refusal is None and self._stream is None:
@@ -1000,9 +1095,7 @@ class SMTPProtocol(Protocol):
             self._end_of_message()
             return
         self._phase = _COMMAND
-        stream = self._stream
-        assert stream is not None
-        self._reply(R.CHUNK_OK.with_text(f"{stream.byte_length} octets received"))
+        self._reply(R.CHUNK_OK.with_text(f"{self._bdat_size} octets received"))
 
     # -- TLS -------------------------------------------------------------
 
@@ -1088,7 +1181,7 @@ class SMTPProtocol(Protocol):
                 self._unknown(b"AUTH")
             return
         if not self._helo or session.opening_command == "HELO":
-            self._reply(R.NEED_HELO)
+            self._reply(R.AUTH_NEEDS_EHLO)
             return
         if session.user is not None:
             self._reply(R.AUTH_ALREADY)

@@ -143,10 +143,22 @@ class SMTPServer(ServerFactory):
         greeting = f"{name} {'LMTP' if opts.lmtp else 'ESMTP'} {opts.banner}".rstrip()
         self.greeting = Reply(220, None, greeting).plain
         self.helo_reply = Reply(250, None, name).plain
-        commands = sorted(verb.decode() for verb in self.handlers)
-        self.help_reply = Reply(
-            214, "2.0.0", "Commands: " + " ".join(commands) + "\nSee RFC 5321"
-        )
+
+    def help_reply(self, session: Session) -> Reply:
+        """
+        The HELP reply: the commands this session may use now.
+        """
+        commands = []
+        for verb in sorted(self.handlers):
+            name = verb.decode("ascii")
+            if name == "STARTTLS" and not self.offers_starttls(session):
+                continue
+            if name == "AUTH" and not self.offers_auth(session):
+                continue
+            if name == "BDAT" and self.options.hide_chunking:
+                continue
+            commands.append(name)
+        return Reply(214, "2.0.0", "Commands: " + " ".join(commands) + "\nSee RFC 5321")
 
     def offers_starttls(self, session: Session) -> bool:
         """
@@ -305,8 +317,8 @@ class SMTPServer(ServerFactory):
             C{"unix:/run/smtp.sock"}, C{"systemd:domain=INET:index=0"}) or an
             L{IStreamServerEndpoint}.
         @return: a L{Deferred} that fires with the listening port.
-        @raise ValueError: for a malformed endpoint description, or a TLS
-            endpoint (TLS is not supported by this version).
+        @raise ValueError: for a malformed endpoint description, or a
+            C{haproxy:} one (use the C{use_proxy} option).
         """
         if isinstance(endpoint, str):
             if endpoint.split(":", 1)[0].lower() == "haproxy":

@@ -5,6 +5,7 @@ certificates, hot swap) and what a session learns from a handshake.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Mapping
 
 from OpenSSL import SSL, crypto
@@ -49,9 +50,27 @@ def load_pem(cert_path: str, key_path: str) -> ssl.CertificateOptions:
     except crypto.Error:
         raise ValueError(f"tls_key: {key_path!r} holds no PEM private key") from None
     try:
-        return ssl.CertificateOptions(privateKey=key, certificate=certs[0], extraCertChain=certs[1:])
+        options = ssl.CertificateOptions(
+            privateKey=key, certificate=certs[0], extraCertChain=certs[1:]
+        )
+        options.getContext()  # checks that the key matches the certificate
     except (SSL.Error, ValueError) as e:
-        raise ValueError(f"tls_cert/tls_key: {cert_path!r} and {key_path!r} do not match: {e}") from None
+        raise ValueError(
+            f"tls_cert/tls_key: {cert_path!r} and {key_path!r} do not go together: {e}"
+        ) from None
+    return options
+
+
+def _check_factory(name: str, factory: Any) -> None:
+    if not callable(getattr(factory, "getContext", None)):
+        raise TypeError(
+            f"TLS context for {name} must have getContext() "
+            f"(e.g. twisted.internet.ssl.CertificateOptions), not {factory!r}"
+        )
+    try:
+        factory.getContext()
+    except SSL.Error as e:
+        raise ValueError(f"TLS context for {name} is not usable: {e}") from None
 
 
 def _accept_any(*args: object) -> bool:
@@ -73,29 +92,25 @@ class ServerTLS:
     """
 
     def __init__(self, default: Any, sni: Mapping[str, Any], request_cert: bool) -> None:
-        for name, factory in [("tls", default), *sni.items()]:
-            if not callable(getattr(factory, "getContext", None)):
-                raise TypeError(
-                    f"TLS context for {name!r} must have getContext() "
-                    f"(e.g. twisted.internet.ssl.CertificateOptions), not {factory!r}"
-                )
+        _check_factory("'tls'", default)
+        for name, factory in sni.items():
+            _check_factory(f"sni name {name!r}", factory)
         self.default = default
         self.sni = {name.lower().rstrip("."): factory for name, factory in sni.items()}
         self.request_cert = request_cert
-        self._prepared: set[int] = set()
+        self._prepared: weakref.WeakSet[SSL.Context] = weakref.WeakSet()
 
     def update(self, default: Any) -> None:
         """
         Use another default certificate for new connections.
         """
-        if not callable(getattr(default, "getContext", None)):
-            raise TypeError(f"TLS context must have getContext(), not {default!r}")
+        _check_factory("update_tls", default)
         self.default = default
 
     def _context(self, factory: Any) -> SSL.Context:
         context: SSL.Context = factory.getContext()
-        if id(context) not in self._prepared:
-            self._prepared.add(id(context))
+        if context not in self._prepared:
+            self._prepared.add(context)
             if self.request_cert:
                 context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE, _accept_any)
             if self.sni:
