@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
+from ._observer import Observer
 from ._session import Address, Session
 
 if TYPE_CHECKING:
@@ -101,7 +102,12 @@ class Hooks:
 
 
 def call_hook(
-    hook: Hook, args: tuple[Any, ...], clock: IReactorTime, timeout: float | None
+    hook: Hook,
+    args: tuple[Any, ...],
+    clock: IReactorTime,
+    timeout: float | None,
+    observer: Observer | None = None,
+    name: str = "",
 ) -> Deferred[Any]:
     """
     Call a user hook and give its outcome as a L{Deferred}, whatever it
@@ -117,7 +123,10 @@ def call_hook(
     @param args: its arguments.
     @param clock: where the timeout's time comes from.
     @param timeout: seconds, or L{None} for no timeout.
+    @param observer: told how long the hook took, as C{name}.
     """
+    if observer is not None:
+        return _observed(hook, args, clock, timeout, observer, name)
     try:
         result = hook(*args)
     except BaseException:
@@ -133,6 +142,24 @@ def call_hook(
     if d.called or timeout is None:
         return d
     return d.addTimeout(timeout, clock, _on_timeout)
+
+
+def _observed(
+    hook: Hook,
+    args: tuple[Any, ...],
+    clock: IReactorTime,
+    timeout: float | None,
+    observer: Observer,
+    name: str,
+) -> Deferred[Any]:
+    start = clock.seconds()
+    d = call_hook(hook, args, clock, timeout)
+
+    def finished(result: object) -> object:
+        observer.hook_finished(name, clock.seconds() - start)
+        return result
+
+    return d.addBoth(finished)
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:

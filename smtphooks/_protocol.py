@@ -120,6 +120,7 @@ class SMTPProtocol(Protocol):
         self._opts = server.options
         self._clock = server.clock
         self._handlers = server.handlers
+        self._observer = server.observer
         self._buffer = b""
         self._phase = _GREETING
         self._paused = 0
@@ -226,7 +227,7 @@ class SMTPProtocol(Protocol):
         if hook is None:
             self._greet()
             return
-        self._run_hook(hook, (self.session,), self._connect_done)
+        self._run_hook(hook, (self.session,), self._connect_done, "on_connect")
 
     def _connect_done(self, result: Any) -> None:
         if isinstance(result, Failure):
@@ -289,7 +290,14 @@ class SMTPProtocol(Protocol):
             self.factory.release(self)
         hook = self.factory.on_close
         if hook is not None:
-            d = call_hook(hook, (self.session,), self._clock, self._opts.hook_timeout)
+            d = call_hook(
+                hook,
+                (self.session,),
+                self._clock,
+                self._opts.hook_timeout,
+                self._observer,
+                "on_close",
+            )
             d.addErrback(self._hook_crashed, "on_close")
         self.factory.forget(self)
 
@@ -490,6 +498,8 @@ class SMTPProtocol(Protocol):
         if self._phase == _CLOSED:
             return
         self._out.append(reply.extended if self._enhanced else reply.plain)
+        if self._observer is not None:
+            self._observer.reply(reply.code)
         if reply.close:
             self._close()
 
@@ -526,13 +536,15 @@ class SMTPProtocol(Protocol):
 
     # -- hooks -----------------------------------------------------------
 
-    def _run_hook(self, hook: Callable[..., Any], args: tuple[Any, ...], done: Done) -> None:
+    def _run_hook(
+        self, hook: Callable[..., Any], args: tuple[Any, ...], done: Done, name: str
+    ) -> None:
         """
         Call a hook; give its outcome (a value or a L{Failure}) to C{done},
         now if it answered at once, else when it does, with input paused
         meanwhile so that replies stay in order.
         """
-        d = call_hook(hook, args, self._clock, self._opts.hook_timeout)
+        d = call_hook(hook, args, self._clock, self._opts.hook_timeout, self._observer, name)
         if d.called:
             d.addBoth(done)
             return
@@ -735,12 +747,14 @@ class SMTPProtocol(Protocol):
         # The hook sees the transaction's parameters (body type, DSN...);
         # mail_from is set once it accepts.
         self.session.envelope = new
-        self._run_hook(hook, (address, self.session), done)
+        self._run_hook(hook, (address, self.session), done, "on_mail_from")
 
     def _mail_accepted(self, address: Address, envelope: Envelope) -> None:
         envelope.mail_from = address
         self.session.envelope = envelope
         self._reply(R.MAIL_OK)
+        if self._observer is not None:
+            self._observer.transaction()
 
     def _mail_rejected(self, envelope: Envelope, reply: Reply) -> None:
         if self.session.envelope is envelope:
@@ -860,7 +874,7 @@ class SMTPProtocol(Protocol):
                 envelope.rcpt_to.append(address)
                 self._reply(R.RCPT_OK)
 
-        self._run_hook(hook, (address, self.session), done)
+        self._run_hook(hook, (address, self.session), done, "on_rcpt_to")
 
     def _can_start_data(self) -> Reply | None:
         if not self._helo:
@@ -904,7 +918,9 @@ class SMTPProtocol(Protocol):
             stream.discard()
             self._data_outcome = [None]
             return
-        d = self._data_hook = call_hook(hook, (stream, self.session), self._clock, None)
+        d = self._data_hook = call_hook(
+            hook, (stream, self.session), self._clock, None, self._observer, "on_data"
+        )
         d.addBoth(self._data_hook_done, stream)
 
     def _data_hook_done(self, result: Any, stream: DataStream) -> None:
@@ -1017,8 +1033,12 @@ class SMTPProtocol(Protocol):
         self._data_outcome = None
         self._stream = None
         self._bdat_last = False
-        for reply in self._data_replies(outcome[0], stream):
+        replies = self._data_replies(outcome[0], stream)
+        for reply in replies:
             self._reply(reply)
+        if self._observer is not None:
+            accepted = any(reply.code < 300 for reply in replies)
+            self._observer.message(accepted, stream.byte_length)
         self._reset_envelope()
         self.session.transaction += 1
         self._transaction_ended()
@@ -1145,7 +1165,7 @@ class SMTPProtocol(Protocol):
         if hook is None:
             self._secured(None)
         else:
-            self._run_hook(hook, (self.transport, session), self._secured)
+            self._run_hook(hook, (self.transport, session), self._secured, "on_secure")
 
     def _secured(self, result: Any) -> None:
         if isinstance(result, Failure):
@@ -1261,7 +1281,7 @@ class SMTPProtocol(Protocol):
                 return
             self._auth_answer(result, step)
 
-        self._run_hook(hook, (step, self.session), done)
+        self._run_hook(hook, (step, self.session), done, "on_auth")
 
     def _auth_answer(self, result: Any, request: AuthRequest) -> None:
         if isinstance(result, AuthResponse) and result.user is not None:

@@ -23,6 +23,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from . import _errors as R
 from ._errors import Reply
 from ._hooks import HOOK_NAMES
+from ._observer import Observer
 from ._options import Options
 from ._protocol import SMTPProtocol, _command_table
 from ._session import Session
@@ -64,6 +65,11 @@ class SMTPServer(ServerFactory):
     on_rcpt_to: Hook | None = None
     on_data: Hook | None = None
     on_close: Hook | None = None
+
+    #: An L{smtphooks._observer.Observer} told about connections, replies,
+    #: hook latency and messages (see L{smtphooks.metrics}); set it before
+    #: listening.
+    observer: Observer | None = None
 
     def __init__(
         self,
@@ -257,6 +263,8 @@ class SMTPServer(ServerFactory):
         Count a new connection, or say why it is refused.
         """
         self._protocols.add(protocol)
+        if self.observer is not None:
+            self.observer.connection_opened()
         if self._closing:
             return R.SHUTTING_DOWN
         opts = self.options
@@ -284,6 +292,8 @@ class SMTPServer(ServerFactory):
         """
         A connection is gone.
         """
+        if protocol in self._protocols and self.observer is not None:
+            self.observer.connection_closed()
         self._protocols.discard(protocol)
         if not self._protocols and self._all_gone:
             waiting, self._all_gone = self._all_gone, []
