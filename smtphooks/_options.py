@@ -87,13 +87,13 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
     ),
     OptionSpec("max_command_length", "count", 512, "longest command line accepted, in bytes"),
     OptionSpec(
-        "use_proxy", "networks", False, "expect a PROXY protocol header", implemented=False
+        "use_proxy", "networks", False, "expect a PROXY protocol header"
     ),
     OptionSpec(
-        "use_xclient", "networks", False, "accept XCLIENT from these clients", implemented=False
+        "use_xclient", "networks", False, "accept XCLIENT from these clients"
     ),
     OptionSpec(
-        "use_xforward", "networks", False, "accept XFORWARD from these clients", implemented=False
+        "use_xforward", "networks", False, "accept XFORWARD from these clients"
     ),
     OptionSpec("lmtp", "bool", False, "speak LMTP instead of SMTP"),
     OptionSpec("socket_timeout", "seconds", 60.0, "idle seconds before a client is disconnected"),

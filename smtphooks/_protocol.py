@@ -32,6 +32,7 @@ from ._hooks import HookTimeout, call_hook
 from ._parse import DataScanner, ParseError, parse_mail, parse_rcpt, split_command, xtext_decode
 from ._session import Address, Envelope, RecipientDSN, Session
 from ._tls import tls_info
+from ._xclient import apply_xclient, apply_xforward, is_trusted, parse_xclient, parse_xforward
 
 if TYPE_CHECKING:
     from ._server import SMTPServer
@@ -678,6 +679,10 @@ class SMTPProtocol(Protocol):
         if self._stream is not None:
             self._abandon_message()
         self.session.envelope = Envelope()
+        if self.session.xforward:
+            # XFORWARD attributes last one transaction (a new dict: a hook
+            # that kept the old one keeps its values).
+            self.session.xforward = {}
 
     def do_RSET(self, argument: bytes) -> None:
         if argument:
@@ -688,6 +693,61 @@ class SMTPProtocol(Protocol):
         self._reply(R.OK)
         if had:
             self._transaction_ended()
+
+    # -- XCLIENT / XFORWARD (Postfix) ----------------------------------------
+
+    def do_XCLIENT(self, argument: bytes) -> None:
+        session = self.session
+        if not is_trusted(session.remote_address, self._opts.use_xclient):
+            self._reply(R.XCLIENT_DENIED)
+            return
+        if self.in_transaction():
+            self._reply(R.XCLIENT_IN_TRANSACTION)
+            return
+        try:
+            attributes = parse_xclient(argument)
+        except ParseError as e:
+            self._reply(e.reply)
+            return
+        log.info(
+            "XCLIENT {attributes} from {peer} (session {session_id})",
+            attributes=attributes,
+            peer=session.remote_address,
+            session_id=session.id,
+        )
+        self._reset_envelope()
+        apply_xclient(session, attributes)
+        self._helo = False
+        self._enhanced = False
+        # Start over as Postfix does: the connection-level decision again,
+        # with the new client, then a new greeting.
+        hook = self.factory.on_connect
+        if hook is None:
+            self._out.append(self.factory.greeting)
+            return
+
+        def greeted(result: Any) -> None:
+            if isinstance(result, Failure):
+                self._connect_done(result)  # the connect-time rejection, and close
+            else:
+                self._out.append(self.factory.greeting)
+
+        self._run_hook(hook, (session,), greeted, "on_connect")
+
+    def do_XFORWARD(self, argument: bytes) -> None:
+        if not is_trusted(self.session.remote_address, self._opts.use_xforward):
+            self._reply(R.XCLIENT_DENIED)
+            return
+        if self.in_transaction():
+            self._reply(R.XCLIENT_IN_TRANSACTION)
+            return
+        try:
+            attributes = parse_xforward(argument)
+        except ParseError as e:
+            self._reply(e.reply)
+            return
+        apply_xforward(self.session, attributes)
+        self._reply(R.OK)
 
     def do_NOOP(self, argument: bytes) -> None:
         self._reply(R.OK)

@@ -27,7 +27,9 @@ from ._observer import Observer
 from ._options import Options
 from ._protocol import SMTPProtocol, _command_table
 from ._session import Session
+from ._proxy import HEADER_TIMEOUT, ProxyWrappingFactory, split_haproxy
 from ._tls import ServerTLS, load_pem
+from ._xclient import XCLIENT_KEYWORD, XFORWARD_KEYWORD, is_trusted
 
 __all__ = ["SMTPServer"]
 
@@ -138,7 +140,9 @@ class SMTPServer(ServerFactory):
         self.auth_required_reply = (
             R.AUTH_REQUIRED.with_text(message) if message else R.AUTH_REQUIRED
         )
-        self._ehlo_tails: dict[tuple[bool, bool, bool], bytes] = {}
+        self._ehlo_tails: dict[tuple[bool, bool, bool, bool, bool], bytes] = {}
+        self._proxy_factories: list[ProxyWrappingFactory] = []
+        self._admitted: dict[SMTPProtocol, str] = {}
         self._build_replies()
 
     # -- replies that depend on the options --------------------------------
@@ -187,7 +191,25 @@ class SMTPServer(ServerFactory):
             and (session.secure or self.options.allow_insecure_auth)
         )
 
-    def _extensions(self, starttls: bool, auth: bool, secure: bool) -> list[str]:
+    def offers_xclient(self, session: Session) -> bool:
+        """
+        Whether XCLIENT is offered to (and accepted from) this session now.
+        """
+        return b"XCLIENT" in self.handlers and is_trusted(
+            session.remote_address, self.options.use_xclient
+        )
+
+    def offers_xforward(self, session: Session) -> bool:
+        """
+        Whether XFORWARD is offered to (and accepted from) this session now.
+        """
+        return b"XFORWARD" in self.handlers and is_trusted(
+            session.remote_address, self.options.use_xforward
+        )
+
+    def _extensions(
+        self, starttls: bool, auth: bool, secure: bool, xclient: bool, xforward: bool
+    ) -> list[str]:
         opts = self.options
         extensions = []
         if not opts.hide_pipelining:
@@ -211,13 +233,23 @@ class SMTPServer(ServerFactory):
             extensions.append("BINARYMIME")
         if secure:
             extensions.append("REQUIRETLS")
+        if xclient:
+            extensions.append(XCLIENT_KEYWORD)
+        if xforward:
+            extensions.append(XFORWARD_KEYWORD)
         return extensions
 
     def ehlo_reply(self, session: Session) -> bytes:
         """
         The EHLO reply for one session, as it stands now.
         """
-        key = (self.offers_starttls(session), self.offers_auth(session), session.secure)
+        key = (
+            self.offers_starttls(session),
+            self.offers_auth(session),
+            session.secure,
+            self.offers_xclient(session),
+            self.offers_xforward(session),
+        )
         tail = self._ehlo_tails.get(key)
         if tail is None:
             lines = self._extensions(*key)
@@ -275,13 +307,15 @@ class SMTPServer(ServerFactory):
         if opts.max_clients_per_ip and count >= opts.max_clients_per_ip:
             return R.TOO_MANY_FROM_IP
         self._per_ip[ip] = count + 1
+        self._admitted[protocol] = ip
         return None
 
     def release(self, protocol: SMTPProtocol) -> None:
         """
         Uncount a connection that L{admit} counted.
         """
-        ip = protocol.session.remote_address
+        # The address admit() counted: XCLIENT may have changed the session's.
+        ip = self._admitted.pop(protocol, protocol.session.remote_address)
         count = self._per_ip.get(ip, 0) - 1
         if count > 0:
             self._per_ip[ip] = count
@@ -330,12 +364,13 @@ class SMTPServer(ServerFactory):
         @raise ValueError: for a malformed endpoint description, or a
             C{haproxy:} one (use the C{use_proxy} option).
         """
+        proxy = self.options.use_proxy
+        # "haproxy:tcp:25" (or Twisted's proxyEndpoint()) means use_proxy=True
+        # for this listener; our wrapper replaces Twisted's.
+        endpoint, prefixed = split_haproxy(endpoint)
+        if prefixed and proxy is False:
+            proxy = True
         if isinstance(endpoint, str):
-            if endpoint.split(":", 1)[0].lower() == "haproxy":
-                raise ValueError(
-                    f"endpoint {endpoint!r}: PROXY endpoints are not supported "
-                    "by this version of smtphooks"
-                )
             endpoint = cast(
                 IStreamServerEndpoint,
                 serverFromString(self._reactor, endpoint),  # type: ignore[no-untyped-call]
@@ -344,6 +379,12 @@ class SMTPServer(ServerFactory):
         if self.options.secure:
             assert self.tls_creator is not None
             factory = TLSMemoryBIOFactory(self.tls_creator, False, self)
+        if proxy is not False:
+            # Outermost: the header comes in clear, before any TLS byte.
+            timeout = min(HEADER_TIMEOUT, self.options.socket_timeout)
+            wrapper = ProxyWrappingFactory(factory, proxy, self.clock, timeout)
+            self._proxy_factories.append(wrapper)
+            factory = wrapper
         d: Deferred[IListeningPort] = endpoint.listen(factory)
 
         def listening(port: IListeningPort) -> IListeningPort:
@@ -365,6 +406,8 @@ class SMTPServer(ServerFactory):
         if timeout is None:
             timeout = self.options.close_timeout
         self._closing = True
+        for wrapper in self._proxy_factories:
+            wrapper.close_pending()
         ports, self._ports = self._ports, []
         stopped = DeferredList([maybeDeferred(port.stopListening) for port in ports])
         for protocol in list(self._protocols):
