@@ -44,6 +44,8 @@ class AuthRequest:
     @ivar challenge: the CRAM-MD5 challenge the server sent, or L{None}.
     @ivar challenge_response: the client's CRAM-MD5 digest (hex), or
         L{None}.
+    @ivar extra: free for the application, e.g. to pass data from
+        C{on_auth} to later hooks through C{session.user}.
     """
 
     method: str

@@ -47,6 +47,11 @@ class DataStream:
     hook that returns without reading the stream leaves the rest to the
     server, which discards it.
 
+    If the client disconnects before the end, or resets a BDAT transaction,
+    iteration raises that error instead of ending: what was read is not a
+    message.  If the hook stops reading for C{hook_timeout} seconds, the
+    rest is discarded and the client gets C{451}.
+
     @ivar byte_length: the bytes put into the stream so far; final once the
         stream has ended.
     @ivar size_exceeded: L{True} when the message went over the server's
@@ -72,6 +77,10 @@ class DataStream:
     )
 
     def __init__(self, source: _Source | None = None) -> None:
+        """
+        @param source: where the bytes come from, told to pause and resume;
+            the server passes its protocol, tests pass nothing.
+        """
         self.byte_length = 0
         self.size_exceeded = False
         self._source = source

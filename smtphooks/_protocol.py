@@ -120,7 +120,7 @@ class SMTPProtocol(Protocol):
         self.session = Session()
         self._opts = server.options
         self._clock = server.clock
-        self._handlers = server.handlers
+        self._handlers = server._handlers
         self._observer = server.observer
         self._buffer = b""
         self._phase = _GREETING
@@ -169,7 +169,7 @@ class SMTPProtocol(Protocol):
         )
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self._idle = self._clock.callLater(self._opts.socket_timeout, self._timed_out)
-        refusal = self.factory.admit(self)
+        refusal = self.factory._admit(self)
         self._counted = refusal is None
         if refusal is not None:
             session.error = refusal.text
@@ -202,8 +202,8 @@ class SMTPProtocol(Protocol):
                 return
         except ValueError:
             pass
-        d = self.factory.resolver().lookupPointer(name)
-        d.addTimeout(self.factory.reverse_lookup_timeout, self._clock)
+        d = self.factory._get_resolver().lookupPointer(name)
+        d.addTimeout(self.factory._reverse_lookup_timeout, self._clock)
         self._pending = d
 
         def found(result: Any) -> None:
@@ -254,7 +254,7 @@ class SMTPProtocol(Protocol):
             self._reply(R.EARLY_TALKER)
         else:
             self._phase = _COMMAND
-            self._out.append(self.factory.greeting)
+            self._out.append(self.factory._greeting)
         self._flush()
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
@@ -288,7 +288,7 @@ class SMTPProtocol(Protocol):
 
             data_hook.addBoth(finished)
         if self._counted:
-            self.factory.release(self)
+            self.factory._release(self)
         hook = self.factory.on_close
         if hook is not None:
             d = call_hook(
@@ -300,7 +300,7 @@ class SMTPProtocol(Protocol):
                 "on_close",
             )
             d.addErrback(self._hook_crashed, "on_close")
-        self.factory.forget(self)
+        self.factory._forget(self)
 
     # -- flow control ----------------------------------------------------
 
@@ -659,10 +659,10 @@ class SMTPProtocol(Protocol):
         self._helo = True
         if command != "HELO":
             self._enhanced = not self._opts.hide_enhancedstatuscodes
-            self._out.append(self.factory.ehlo_reply(self.session))
+            self._out.append(self.factory._ehlo_reply(self.session))
         else:
             self._enhanced = False
-            self._out.append(self.factory.helo_reply)
+            self._out.append(self.factory._helo_reply)
         if had:
             self._transaction_ended()
 
@@ -723,14 +723,14 @@ class SMTPProtocol(Protocol):
         # with the new client, then a new greeting.
         hook = self.factory.on_connect
         if hook is None:
-            self._out.append(self.factory.greeting)
+            self._out.append(self.factory._greeting)
             return
 
         def greeted(result: Any) -> None:
             if isinstance(result, Failure):
                 self._connect_done(result)  # the connect-time rejection, and close
             else:
-                self._out.append(self.factory.greeting)
+                self._out.append(self.factory._greeting)
 
         self._run_hook(hook, (session,), greeted, "on_connect")
 
@@ -759,7 +759,7 @@ class SMTPProtocol(Protocol):
         self._reply(R.VRFY if argument else R.SYNTAX)
 
     def do_HELP(self, argument: bytes) -> None:
-        self._reply(self.factory.help_reply(self.session))
+        self._reply(self.factory._help_reply(self.session))
 
     def do_MAIL(self, argument: bytes) -> None:
         if not self._helo:
@@ -770,7 +770,7 @@ class SMTPProtocol(Protocol):
             self._reply(R.NESTED_MAIL)
             return
         if self._auth_required and self.session.user is None:
-            self._reply(self.factory.auth_required_reply)
+            self._reply(self.factory._auth_required_reply)
             return
         opts = self._opts
         try:
@@ -850,7 +850,7 @@ class SMTPProtocol(Protocol):
                 return R.BAD_PARAMETER_VALUE.with_text("RET must be FULL or HDRS")
             envelope.dsn.ret = ret
             return None
-        if key == "AUTH" and self.factory.offers_auth(self.session):
+        if key == "AUTH" and self.factory._offers_auth(self.session):
             return None  # RFC 4954 section 5: accepted; trust is ours to decide
         if key == "REQUIRETLS" and self.session.secure:
             if value is not True:
@@ -1184,7 +1184,7 @@ class SMTPProtocol(Protocol):
         return self.factory.on_auth is not None and not self._opts.auth_optional
 
     def do_STARTTLS(self, argument: bytes) -> None:
-        if not self.factory.offers_starttls(self.session):
+        if not self.factory._offers_starttls(self.session):
             if self.session.secure:
                 self._reply(R.TLS_ACTIVE)
             else:
@@ -1203,7 +1203,7 @@ class SMTPProtocol(Protocol):
         self._phase = _TLS
         self._buffer = b""
         assert self.transport is not None
-        creator = self.factory.tls_creator
+        creator = self.factory._tls_creator
         assert creator is not None
         self.transport.startTLS(creator)  # type: ignore[attr-defined]
 
@@ -1254,7 +1254,7 @@ class SMTPProtocol(Protocol):
 
     def do_AUTH(self, argument: bytes) -> None:
         session = self.session
-        if not self.factory.offers_auth(session):
+        if not self.factory._offers_auth(session):
             if self.factory.on_auth is not None and not session.secure:
                 self._reply(R.ENCRYPTION_REQUIRED)
             else:
@@ -1277,7 +1277,7 @@ class SMTPProtocol(Protocol):
         if method not in self._opts.auth_methods:
             self._reply(R.AUTH_UNKNOWN_MECHANISM)
             return
-        mechanism = new_mechanism(method, self.factory.cram_challenge)
+        mechanism = new_mechanism(method, self.factory._cram_challenge)
         data: bytes | None = None
         initial = initial.strip()
         if initial:

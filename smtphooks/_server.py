@@ -52,13 +52,27 @@ class SMTPServer(ServerFactory):
     L{smtphooks.Hooks}).  A keyword argument wins over C{hooks}, which wins
     over a subclass method.  A hook that is not given accepts.
 
-    Options are keyword arguments; see the options guide for each.
+    Options are keyword arguments (see the options guide for each): the
+    greeting (C{name}, C{banner}); limits (C{size}, C{max_recipients},
+    C{max_clients}, C{max_clients_per_ip}, C{max_command_length},
+    C{max_unrecognized_commands}, C{max_unauthenticated_commands}); timeouts
+    (C{socket_timeout}, C{command_timeout}, C{data_timeout},
+    C{hook_timeout}, C{close_timeout}); TLS (C{tls}, C{tls_cert},
+    C{tls_key}, C{secure}, C{sni}, C{request_cert}); AUTH (C{auth_methods},
+    C{auth_optional}, C{auth_required_message}, C{allow_insecure_auth});
+    protocol switches (C{lmtp}, C{hide_*}, C{disabled_commands},
+    C{lenient_addresses}); reverse lookups (C{disable_reverse_lookup},
+    C{resolver}); proxies (C{use_proxy}, C{use_xclient}, C{use_xforward}).
+
+    @ivar on_connect: the hooks (see L{smtphooks.ISMTPHooks}); L{None}
+        accepts.
 
     @ivar options: the checked options.
     @ivar clock: the reactor's clock, for timeouts.
     """
 
     protocol = SMTPProtocol  # type: ignore[assignment]
+    noisy = False
 
     on_connect: Hook | None = None
     on_secure: Hook | None = None
@@ -127,17 +141,17 @@ class SMTPServer(ServerFactory):
         self._closing = False
         self._all_gone: list[Deferred[None]] = []
         self._resolver: Any = self.options.resolver
-        self.reverse_lookup_timeout = REVERSE_LOOKUP_TIMEOUT
-        self.handlers = _command_table(self)
+        self._reverse_lookup_timeout = REVERSE_LOOKUP_TIMEOUT
+        self._handlers = _command_table(self)
         opts = self.options
-        self.tls_creator: ServerTLS | None = None
+        self._tls_creator: ServerTLS | None = None
         default_tls = opts.tls
         if opts.tls_cert is not None and opts.tls_key is not None:
             default_tls = load_pem(opts.tls_cert, opts.tls_key)
         if default_tls is not None:
-            self.tls_creator = ServerTLS(default_tls, opts.sni, opts.request_cert)
+            self._tls_creator = ServerTLS(default_tls, opts.sni, opts.request_cert)
         message = opts.auth_required_message
-        self.auth_required_reply = (
+        self._auth_required_reply = (
             R.AUTH_REQUIRED.with_text(message) if message else R.AUTH_REQUIRED
         )
         self._ehlo_tails: dict[tuple[bool, bool, bool, bool, bool], bytes] = {}
@@ -151,59 +165,59 @@ class SMTPServer(ServerFactory):
         opts = self.options
         name = opts.name
         greeting = f"{name} {'LMTP' if opts.lmtp else 'ESMTP'} {opts.banner}".rstrip()
-        self.greeting = Reply(220, None, greeting).plain
-        self.helo_reply = Reply(250, None, name).plain
+        self._greeting = Reply(220, None, greeting).plain
+        self._helo_reply = Reply(250, None, name).plain
 
-    def help_reply(self, session: Session) -> Reply:
+    def _help_reply(self, session: Session) -> Reply:
         """
         The HELP reply: the commands this session may use now.
         """
         commands = []
-        for verb in sorted(self.handlers):
+        for verb in sorted(self._handlers):
             name = verb.decode("ascii")
-            if name == "STARTTLS" and not self.offers_starttls(session):
+            if name == "STARTTLS" and not self._offers_starttls(session):
                 continue
-            if name == "AUTH" and not self.offers_auth(session):
+            if name == "AUTH" and not self._offers_auth(session):
                 continue
             if name == "BDAT" and self.options.hide_chunking:
                 continue
             commands.append(name)
         return Reply(214, "2.0.0", "Commands: " + " ".join(commands) + "\nSee RFC 5321")
 
-    def offers_starttls(self, session: Session) -> bool:
+    def _offers_starttls(self, session: Session) -> bool:
         """
         Whether STARTTLS is offered to this session now.
         """
         return (
-            self.tls_creator is not None
+            self._tls_creator is not None
             and not session.secure
             and not self.options.hide_starttls
-            and b"STARTTLS" in self.handlers
+            and b"STARTTLS" in self._handlers
         )
 
-    def offers_auth(self, session: Session) -> bool:
+    def _offers_auth(self, session: Session) -> bool:
         """
         Whether AUTH is offered to this session now.
         """
         return (
             self.on_auth is not None
-            and b"AUTH" in self.handlers
+            and b"AUTH" in self._handlers
             and (session.secure or self.options.allow_insecure_auth)
         )
 
-    def offers_xclient(self, session: Session) -> bool:
+    def _offers_xclient(self, session: Session) -> bool:
         """
         Whether XCLIENT is offered to (and accepted from) this session now.
         """
-        return b"XCLIENT" in self.handlers and is_trusted(
+        return b"XCLIENT" in self._handlers and is_trusted(
             session.remote_address, self.options.use_xclient
         )
 
-    def offers_xforward(self, session: Session) -> bool:
+    def _offers_xforward(self, session: Session) -> bool:
         """
         Whether XFORWARD is offered to (and accepted from) this session now.
         """
-        return b"XFORWARD" in self.handlers and is_trusted(
+        return b"XFORWARD" in self._handlers and is_trusted(
             session.remote_address, self.options.use_xforward
         )
 
@@ -239,16 +253,16 @@ class SMTPServer(ServerFactory):
             extensions.append(XFORWARD_KEYWORD)
         return extensions
 
-    def ehlo_reply(self, session: Session) -> bytes:
+    def _ehlo_reply(self, session: Session) -> bytes:
         """
         The EHLO reply for one session, as it stands now.
         """
         key = (
-            self.offers_starttls(session),
-            self.offers_auth(session),
+            self._offers_starttls(session),
+            self._offers_auth(session),
             session.secure,
-            self.offers_xclient(session),
-            self.offers_xforward(session),
+            self._offers_xclient(session),
+            self._offers_xforward(session),
         )
         tail = self._ehlo_tails.get(key)
         if tail is None:
@@ -262,7 +276,7 @@ class SMTPServer(ServerFactory):
             return Reply(250, None, first).plain
         return b"250-" + first.encode("utf-8") + b"\r\n" + tail
 
-    def cram_challenge(self) -> str:
+    def _cram_challenge(self) -> str:
         """
         A new CRAM-MD5 challenge.
         """
@@ -278,9 +292,9 @@ class SMTPServer(ServerFactory):
             L{twisted.internet.ssl.CertificateOptions}.
         @raise ValueError: if the server was built without TLS.
         """
-        if self.tls_creator is None:
+        if self._tls_creator is None:
             raise ValueError("update_tls: this server was built without TLS")
-        self.tls_creator.update(context_factory)
+        self._tls_creator.update(context_factory)
 
     # -- connections ---------------------------------------------------------
 
@@ -290,7 +304,7 @@ class SMTPServer(ServerFactory):
         """
         return SMTPProtocol(self)
 
-    def admit(self, protocol: SMTPProtocol) -> Reply | None:
+    def _admit(self, protocol: SMTPProtocol) -> Reply | None:
         """
         Count a new connection, or say why it is refused.
         """
@@ -310,7 +324,7 @@ class SMTPServer(ServerFactory):
         self._admitted[protocol] = ip
         return None
 
-    def release(self, protocol: SMTPProtocol) -> None:
+    def _release(self, protocol: SMTPProtocol) -> None:
         """
         Uncount a connection that L{admit} counted.
         """
@@ -322,7 +336,7 @@ class SMTPServer(ServerFactory):
         else:
             self._per_ip.pop(ip, None)
 
-    def forget(self, protocol: SMTPProtocol) -> None:
+    def _forget(self, protocol: SMTPProtocol) -> None:
         """
         A connection is gone.
         """
@@ -334,7 +348,7 @@ class SMTPServer(ServerFactory):
             for d in waiting:
                 d.callback(None)
 
-    def resolver(self) -> Any:
+    def _get_resolver(self) -> Any:
         """
         The L{IResolver} for reverse lookups.
         """
@@ -377,8 +391,8 @@ class SMTPServer(ServerFactory):
             )
         factory: Any = self
         if self.options.secure:
-            assert self.tls_creator is not None
-            factory = TLSMemoryBIOFactory(self.tls_creator, False, self)
+            assert self._tls_creator is not None
+            factory = TLSMemoryBIOFactory(self._tls_creator, False, self)
         if proxy is not False:
             # Outermost: the header comes in clear, before any TLS byte.
             timeout = min(HEADER_TIMEOUT, self.options.socket_timeout)

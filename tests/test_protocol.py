@@ -1437,7 +1437,7 @@ class ReverseLookupTests(SynchronousTestCase):
         resolver = FakeResolver()
         server = make_server(disable_reverse_lookup=False, resolver=resolver)
         protocol, transport = connect(server)
-        clock_of(server).advance(server.reverse_lookup_timeout)
+        clock_of(server).advance(server._reverse_lookup_timeout)
         self.assertEqual(transport.value(), GREETING)
         self.assertEqual(protocol.session.client_hostname, "[192.0.2.1]")
 

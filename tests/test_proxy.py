@@ -958,8 +958,8 @@ class WrapperWireTests(TestCase):
         """
         inner: Any = server
         if tls:
-            assert server.tls_creator is not None
-            inner = TLSMemoryBIOFactory(server.tls_creator, False, server)
+            assert server._tls_creator is not None
+            inner = TLSMemoryBIOFactory(server._tls_creator, False, server)
         factory = ProxyWrappingFactory(inner, trusted, reactor, timeout)
         port = yield serverFromString(reactor, LOCAL).listen(factory)
         self.addCleanup(server.close, 5.0)
