@@ -8,6 +8,7 @@ module, so the whole client-visible behaviour can be reviewed in one screen.
 from __future__ import annotations
 
 import re
+import textwrap
 from typing import Final
 
 __all__ = ["SMTPError", "Reply"]
@@ -21,6 +22,13 @@ def clean_text(text: str) -> str:
     control characters (CR and LF included) becomes one space.
     """
     return _UNSAFE.sub(" ", text).strip()
+
+
+def _wrap(line: str) -> list[str]:
+    # RFC 5321 4.5.3.1.5: a reply line is at most 512 octets.
+    if len(line.encode("utf-8")) <= 480:
+        return [line]
+    return textwrap.wrap(line, 110, break_long_words=True, break_on_hyphens=False) or [""]
 
 
 class Reply:
@@ -52,7 +60,11 @@ class Reply:
         self.extended = self._render(True)
 
     def _render(self, enhanced: bool) -> bytes:
-        lines = [clean_text(line) for line in self.text.splitlines()] or [""]
+        lines = [
+            piece
+            for line in self.text.splitlines()
+            for piece in _wrap(clean_text(line))
+        ] or [""]
         prefix = f"{self.enhanced} " if enhanced and self.enhanced else ""
         out = []
         last = len(lines) - 1

@@ -12,8 +12,11 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import fcntl
 import json
 import os
+import sys
+import termios
 from typing import TYPE_CHECKING, Any, Callable, Final
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -69,6 +72,22 @@ class TransactionAbandoned(Exception):
     """
     The client reset the transaction before the last BDAT chunk.
     """
+
+
+def _unsent_bytes(transport: object) -> int:
+    """
+    How many bytes of replies wait in the kernel's send queue of this
+    connection (Linux), or 0 when that cannot be known.
+    """
+    for candidate in (transport, getattr(transport, "transport", None)):
+        sock = getattr(candidate, "socket", None)
+        if sock is not None:
+            try:
+                data = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+            except (OSError, AttributeError, ValueError):
+                return 0
+            return int.from_bytes(data, sys.byteorder, signed=True)
+    return 0
 
 
 def _address_text(address: object) -> str:
@@ -152,6 +171,8 @@ class SMTPProtocol(Protocol):
         self._line_deadline = 0.0
         self._data_deadline = 0.0
         self._stall_timer: IDelayedCall | None = None
+        self._body_paused_at = 0.0
+        self._unsent = 0
 
     # -- connection ------------------------------------------------------
 
@@ -330,8 +351,12 @@ class SMTPProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         """
-        The transport's write buffer drained: read the client again.
+        The transport's write buffer drained: read the client again.  A
+        client that reads its replies is not idle.
         """
+        idle = self._idle
+        if idle is not None and self._phase != _CLOSED:
+            idle.reset(self._opts.socket_timeout)
         self._unpause(_WRITE)
 
     def stopProducing(self) -> None:
@@ -343,12 +368,18 @@ class SMTPProtocol(Protocol):
     def pause_body(self) -> None:
         self._pause(_BODY)
         if self._stall_timer is None and not self._lost:
+            self._body_paused_at = self._clock.seconds()
             self._stall_timer = self._clock.callLater(self._opts.hook_timeout, self._body_stalled)
 
     def resume_body(self) -> None:
         timer, self._stall_timer = self._stall_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        if timer is not None:
+            if timer.active():
+                timer.cancel()
+            if self._data_deadline:
+                # The time the server held the client back is not the
+                # client's: the message's deadline moves by as much.
+                self._data_deadline += self._clock.seconds() - self._body_paused_at
         self._unpause(_BODY)
 
     def _body_stalled(self) -> None:
@@ -601,8 +632,16 @@ class SMTPProtocol(Protocol):
         self._idle = None
         if self._lost or self._phase == _CLOSED:
             return
-        if self._pending is not None or self._paused & (_HOOK | _BODY):
-            # Waiting for our own hook is not the client's idleness.
+        unsent = _unsent_bytes(self.transport)
+        if (
+            self._pending is not None
+            or self._paused & (_HOOK | _BODY)
+            or (unsent and unsent != self._unsent)
+        ):
+            # Waiting for our own hook is not the client's idleness, and
+            # neither is a client still reading the replies queued in the
+            # kernel (the queue shrank since the last look).
+            self._unsent = unsent
             self._idle = self._clock.callLater(self._opts.socket_timeout, self._timed_out)
             return
         self.session.error = "timeout"
@@ -873,6 +912,10 @@ class SMTPProtocol(Protocol):
         envelope = self.session.envelope
         if envelope.mail_from is None:
             self._reply(R.NEED_MAIL)
+            return
+        if self._stream is not None:
+            # BDAT has begun: the recipients are fixed (RFC 3030).
+            self._reply(R.BAD_SEQUENCE)
             return
         opts = self._opts
         try:

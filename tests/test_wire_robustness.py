@@ -17,12 +17,6 @@ from tests.wire import ChildServer, connect, open_session, within
 #: Seconds to wait for something that a working server does within milliseconds.
 BOUND = 3.0
 
-SPIN = (
-    "engine bug: SMTPProtocol._process loops forever when the buffer ends with an "
-    "incomplete command line: _process_lines() breaks out leaving self._buffer unchanged "
-    "and `while self._buffer and not self._paused & _HOOK` calls it again (100% CPU, the "
-    "whole reactor frozen)"
-)
 
 
 class SplitInputTests(TestCase):
@@ -114,6 +108,64 @@ class FloodTests(TestCase):
         client.send(b"HELP\r\n" * 200_000)
         yield within(child.closed.wait_for(1), 5.0)
 
+
+
+class SlowReaderTests(TestCase):
+    """
+    A client that reads its replies slowly is not idle.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_repliesQueuedInTheKernel(self) -> Any:
+        """
+        A client pipelines 10,000 HELP commands and reads the replies (about
+        a megabyte, mostly queued in the server's kernel send buffer) over
+        about four times C{socket_timeout}: the server counts the shrinking
+        queue as activity, answers every command, and serves the NOOP after.
+        """
+        import socket
+        import time
+
+        from twisted.internet.threads import deferToThread
+
+        from smtphooks import SMTPServer
+
+        server = SMTPServer(disable_reverse_lookup=True, name="slow.test", socket_timeout=0.5)
+        port = yield server.listen("tcp:0:interface=127.0.0.1")
+        self.addCleanup(server.close, 1)
+        number = port.getHost().port
+        count = 10_000
+
+        def client() -> tuple[int, bytes]:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", number))
+            try:
+                sock.recv(1000)
+                sock.sendall(b"HELP\r\n" * count)
+                got = bytearray()
+                start = time.monotonic()
+                while got.count(b"\r\n214 ") + got.startswith(b"214 ") < count:
+                    data = sock.recv(4096)
+                    if not data or b"421" in data:
+                        break
+                    got += data
+                    # About 2 seconds for the whole megabyte.
+                    ahead = len(got) / 500_000 - (time.monotonic() - start)
+                    if ahead > 0:
+                        time.sleep(ahead)
+                sock.sendall(b"NOOP\r\n")
+                tail = sock.recv(1000)
+                return got.count(b"\r\n214 ") + got.startswith(b"214 "), tail
+            finally:
+                sock.close()
+
+        answered, tail = yield deferToThread(client)
+        self.assertEqual(answered, count)
+        self.assertTrue(tail.startswith(b"250 "), tail)
 
 
 class ChildServerTests(TestCase):
