@@ -275,7 +275,7 @@ class SMTPProtocol(Protocol):
             self._reply(R.EARLY_TALKER)
         else:
             self._phase = _COMMAND
-            self._out.append(self.factory._greeting)
+            self._send_raw(self.factory._greeting, 220)
         self._flush()
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
@@ -535,6 +535,12 @@ class SMTPProtocol(Protocol):
         if reply.close:
             self._close()
 
+    def _send_raw(self, data: bytes, code: int) -> None:
+        # A reply rendered elsewhere (greeting, EHLO, SASL challenge).
+        self._out.append(data)
+        if self._observer is not None:
+            self._observer.reply(code)
+
     def _close(self) -> None:
         self._phase = _CLOSED
         self._buffer = b""
@@ -698,10 +704,10 @@ class SMTPProtocol(Protocol):
         self._helo = True
         if command != "HELO":
             self._enhanced = not self._opts.hide_enhancedstatuscodes
-            self._out.append(self.factory._ehlo_reply(self.session))
+            self._send_raw(self.factory._ehlo_reply(self.session), 250)
         else:
             self._enhanced = False
-            self._out.append(self.factory._helo_reply)
+            self._send_raw(self.factory._helo_reply, 250)
         if had:
             self._transaction_ended()
 
@@ -762,14 +768,14 @@ class SMTPProtocol(Protocol):
         # with the new client, then a new greeting.
         hook = self.factory.on_connect
         if hook is None:
-            self._out.append(self.factory._greeting)
+            self._send_raw(self.factory._greeting, 220)
             return
 
         def greeted(result: Any) -> None:
             if isinstance(result, Failure):
                 self._connect_done(result)  # the connect-time rejection, and close
             else:
-                self._out.append(self.factory._greeting)
+                self._send_raw(self.factory._greeting, 220)
 
         self._run_hook(hook, (session,), greeted, "on_connect")
 
@@ -1366,7 +1372,7 @@ class SMTPProtocol(Protocol):
 
     def _sasl_result(self, step: Challenge | AuthRequest) -> None:
         if isinstance(step, Challenge):
-            self._out.append(b"334 " + base64.b64encode(step.data) + b"\r\n")
+            self._send_raw(b"334 " + base64.b64encode(step.data) + b"\r\n", 334)
             return
         hook = self.factory.on_auth
         assert hook is not None
@@ -1402,7 +1408,7 @@ class SMTPProtocol(Protocol):
             # answers it with an empty response.
             blob = json.dumps(data, separators=(",", ":")).encode("utf-8")
             self._sasl_failure = R.AUTH_FAILED
-            self._out.append(b"334 " + base64.b64encode(blob) + b"\r\n")
+            self._send_raw(b"334 " + base64.b64encode(blob) + b"\r\n", 334)
             return
         self._sasl = None
         message = result.message if isinstance(result, AuthResponse) else None

@@ -19,12 +19,13 @@ import inspect
 import math
 import os
 import re
+import socket
 import sys
-from typing import Any, Callable, NoReturn, TextIO
+from typing import Any, Callable, NoReturn, Sequence, TextIO
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
@@ -410,7 +411,15 @@ class Options(usage.Options):
         ["auth-users", None, None, "file of user:hash lines for AUTH (see --hash-password)"],
         *_PARAMETERS,
     ]
-    optFlags = [*_FLAGS]
+    optFlags = [
+        [
+            "reuse-port",
+            None,
+            "with --workers: give each worker its own SO_REUSEPORT socket on tcp:/ssl: "
+            "listeners, so that the kernel spreads connections evenly (Linux)",
+        ],
+        *_FLAGS,
+    ]
 
     #: Where --hash-password reads and writes; tests replace them.
     stdin: TextIO | None = None
@@ -424,7 +433,19 @@ class Options(usage.Options):
         """
         super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
+        self["metrics"] = None
+        self["workers"] = 1
         self._reactor = reactor
+        #: The command line and working directory it was parsed in.
+        self.argv: list[str] = []
+        self.cwd = os.getcwd()
+        #: The registry that C{--metrics} serves (single process), or
+        #: L{None}.
+        self.registry: Any = None
+        #: Set by a worker process (L{smtphooks._workers}) before parsing:
+        #: its sockets are inherited, so C{--listen} is not checked here and
+        #: it does not serve C{--metrics} itself.
+        self.adopted = False
         #: The server, built and checked by L{postOptions}.
         self.server: Any = None
         #: The Maildir delivery in use, or L{None} when the hooks have an
@@ -438,12 +459,27 @@ class Options(usage.Options):
     opt_l = opt_listen
 
     def opt_metrics(self, endpoint: str) -> None:
-        """Serve Prometheus metrics on this endpoint (not supported by this version)"""
-        raise usage.UsageError("--metrics is not supported by this version of smtphooks")
+        """Serve Prometheus metrics over HTTP here, e.g. tcp:9100 (needs smtphooks[metrics])"""
+        self["metrics"] = endpoint
 
     def opt_workers(self, count: str) -> None:
-        """Run this many worker processes (not supported by this version)"""
-        raise usage.UsageError("--workers is not supported by this version of smtphooks")
+        """Run N processes that share the listening sockets (1: one process) [default: 1]"""
+        try:
+            number = int(count.strip(), 10)
+        except ValueError:
+            number = 0
+        if number < 1:
+            raise usage.UsageError(f"--workers must be a whole number (1 or more), not {count!r}")
+        self["workers"] = number
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse the command line, and keep it (and the working directory) for
+        worker processes, which parse the same one.
+        """
+        self.argv = list(sys.argv[1:] if options is None else options)
+        self.cwd = os.getcwd()
+        super().parseOptions(options)  # type: ignore[no-untyped-call]
 
     def opt_hash_password(self) -> None:
         """Read a password (terminal or stdin), print its hash for --auth-users, exit"""
@@ -489,7 +525,10 @@ class Options(usage.Options):
         reactor = self._get_reactor()
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        self._check_endpoints(reactor)
+        if not self.adopted:
+            self._check_endpoints(reactor)
+            self._check_workers()
+        metrics = self._check_metrics(reactor)
         for spec in _SERVER_OPTIONS:
             if spec.kind == "path" and self[_kebab(spec.name)] is not None:
                 _check_readable(f"--{_kebab(spec.name)}", self[_kebab(spec.name)])
@@ -544,6 +583,11 @@ class Options(usage.Options):
             hook = getattr(server, name, None)
             if hook is not None:
                 setattr(server, name, LogRejections(name, hook))
+        if metrics is not None and (self.adopted or self["workers"] == 1):
+            # A worker's observer writes to the files of prometheus_client's
+            # multiprocess mode, which the master serves.
+            self.registry = _metrics_registry(with_process=not self.adopted)
+            server.observer = metrics.PrometheusObserver(self.registry)
         self.server = server
 
     def _give_to_runtime_user(self, created: list[str]) -> None:
@@ -575,6 +619,39 @@ class Options(usage.Options):
                 detail = str(e) or type(e).__name__
                 raise usage.UsageError(f"--listen {description}: {detail}") from None
 
+    def _check_workers(self) -> None:
+        if self["reuse-port"]:
+            if self["workers"] < 2:
+                raise usage.UsageError("--reuse-port needs --workers 2 or more")
+            if not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):
+                raise usage.UsageError("--reuse-port needs Linux (SO_REUSEPORT load balancing)")
+
+    def _check_metrics(self, reactor: Any) -> Any:
+        """
+        @return: the module L{smtphooks.metrics} when C{--metrics} is given,
+            else L{None}.
+        @raise usage.UsageError: when C{prometheus_client} is missing, or
+            the endpoint is malformed.
+        """
+        endpoint = self["metrics"]
+        if endpoint is None:
+            return None
+        try:
+            from . import metrics
+        except ImportError:
+            raise usage.UsageError(
+                "--metrics needs prometheus_client: pip install 'smtphooks[metrics]'"
+            ) from None
+        if not self.adopted:
+            from twisted.internet.endpoints import serverFromString
+
+            try:
+                serverFromString(reactor, endpoint)  # type: ignore[no-untyped-call]
+            except Exception as e:
+                detail = str(e) or type(e).__name__
+                raise usage.UsageError(f"--metrics {endpoint}: {detail}") from None
+        return metrics
+
     def _server_options(self) -> dict[str, Any]:
         """
         The L{SMTPServer} keyword arguments the operator gave (the others
@@ -591,6 +668,28 @@ class Options(usage.Options):
         if "sni" in values:
             values["sni"] = _load_sni(values["sni"])
         return values
+
+
+def _metrics_registry(with_process: bool) -> Any:
+    """
+    A new C{prometheus_client} registry for C{--metrics}: the server's
+    metrics, and (C{with_process}) those of the process (CPU, memory, file
+    descriptors, garbage collection) that C{prometheus_client}'s default
+    registry has.
+    """
+    from prometheus_client import (
+        CollectorRegistry,
+        GCCollector,
+        PlatformCollector,
+        ProcessCollector,
+    )
+
+    registry = CollectorRegistry()
+    if with_process:
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+    return registry
 
 
 def _load_sni(names: dict[str, str]) -> dict[str, Any]:
@@ -781,26 +880,56 @@ class SMTPService(Service):
     the ports already opened are closed and startup fails with one line.
 
     @ivar server: the L{SMTPServer}.
-    @ivar endpoints: the endpoint descriptions.
+    @ivar endpoints: the endpoint descriptions (or endpoints).
     @ivar ports: the listening ports, once started.
+    @ivar metrics_port: the port that serves C{--metrics}, once started.
     """
 
     def __init__(
-        self, server: Any, endpoints: list[str], runner: Any = None, maildir: str | None = None
+        self,
+        server: Any,
+        endpoints: Sequence[str | IStreamServerEndpoint],
+        runner: Any = None,
+        maildir: str | None = None,
+        *,
+        names: Sequence[str] | None = None,
+        metrics: str | None = None,
+        registry: Any = None,
+        reactor: Any = None,
     ) -> None:
         """
         @param server: the L{SMTPServer}.
-        @param endpoints: endpoint descriptions for C{server.listen}.
+        @param endpoints: endpoint descriptions (or endpoints) for
+            C{server.listen}.
         @param runner: the runner's own options (twistd's, when run by
             twistd), to report a failure the way it expects; or L{None}.
         @param maildir: the Maildir messages go to, for the log; or
             L{None}.
+        @param names: how to call each endpoint in the log (default: the
+            descriptions).
+        @param metrics: an endpoint description where C{registry} is served
+            over HTTP (C{--metrics}); or L{None}.
+        @param registry: the C{prometheus_client} registry to serve.
+        @param reactor: the reactor (default: the global one).
         """
         self.server = server
-        self.endpoints = endpoints
+        self.endpoints = list(endpoints)
+        self.names = [str(e) for e in endpoints] if names is None else list(names)
         self.ports: list[IListeningPort] | None = None
+        self.metrics_port: IListeningPort | None = None
         self._runner = runner
         self._maildir = maildir
+        self._metrics = metrics
+        self._registry = registry
+        self._chosen_reactor = reactor
+
+    @property
+    def _reactor(self) -> Any:
+        if self._chosen_reactor is None:
+            from twisted.internet import reactor
+
+            self._chosen_reactor = reactor
+        return self._chosen_reactor
 
     def privilegedStartService(self) -> None:
         """
@@ -822,32 +951,73 @@ class SMTPService(Service):
         if self.ports is None:
             self._listen()
 
+    def _listen_on(self, endpoint: str | IStreamServerEndpoint) -> Deferred[IListeningPort]:
+        """
+        Listen on one endpoint (subclasses listen otherwise).
+        """
+        d: Deferred[IListeningPort] = self.server.listen(endpoint)
+        return d
+
     def _listen(self) -> None:
         self.ports = []
-        for description in self.endpoints:
-            outcome: list[Any] = []
-            try:
-                d = self.server.listen(description)
-            except Exception as e:
-                self._cannot_start(description, e)
-            d.addBoth(outcome.append)
-            if not outcome:
-                # An endpoint that listens asynchronously; nothing in
-                # Twisted does, but a plugin might.
-                d.addErrback(self._late_failure, description)
+        for endpoint, name in zip(self.endpoints, self.names):
+            port = self._now(lambda: self._listen_on(endpoint), name)
+            if port is None:
                 continue
-            result = outcome[0]
-            if isinstance(result, Failure):
-                self._cannot_start(description, result.value or Exception("failed"))
-            self.ports.append(result)
+            self.ports.append(port)
             log.info(
                 "smtphooks {version} listening on {description} ({address})",
                 version=__version__,
-                description=description,
-                address=_describe(result),
+                description=name,
+                address=_describe(port),
             )
+        if self._metrics is not None:
+            from .metrics import serve_metrics
+
+            where = self._metrics
+            self.metrics_port = self._now(
+                lambda: serve_metrics(self._reactor, where, self._registry), where
+            )
+            if self.metrics_port is not None:
+                log.info(
+                    "serving Prometheus metrics on {description} ({address})",
+                    description=where,
+                    address=_describe(self.metrics_port),
+                )
         if self._maildir is not None:
             log.info("delivering to the Maildir {path}", path=self._maildir)
+
+    def _now(self, listen: Callable[[], Deferred[IListeningPort]], name: str) -> Any:
+        """
+        Call C{listen} and give its port, which endpoints give at once; a
+        failure ends startup (L{_cannot_start}).
+
+        @return: the port, or L{None} for an endpoint that listens later.
+        """
+        outcome: list[Any] = []
+        try:
+            d = listen()
+        except Exception as e:
+            self._cannot_start(name, e)
+        d.addBoth(outcome.append)
+        if not outcome:
+            # An endpoint that listens asynchronously; nothing in
+            # Twisted does, but a plugin might.
+            d.addErrback(self._late_failure, name)
+            return None
+        result = outcome[0]
+        if isinstance(result, Failure):
+            self._cannot_start(name, result.value or Exception("failed"))
+        return result
+
+    def _close_ports(self) -> None:
+        """
+        Close what L{_listen} opened, when startup fails half-way.
+        """
+        self.server.close(0)
+        if self.metrics_port is not None:
+            self.metrics_port.stopListening()
+            self.metrics_port = None
 
     def _cannot_start(self, description: str, error: BaseException) -> NoReturn:
         reason = _reason(error)
@@ -855,7 +1025,7 @@ class SMTPService(Service):
         log.critical(
             "cannot listen on {description}: {reason}", description=description, reason=reason
         )
-        self.server.close(0)
+        self._close_ports()
         runner = self._runner
         if runner is None or not hasattr(runner, "get"):
             runner = {}
@@ -895,9 +1065,7 @@ class SMTPService(Service):
             description=description,
             error=_one_line(failure.value or Exception("failed")),
         )
-        from twisted.internet import reactor
-
-        reactor.stop()
+        self._reactor.stop()
 
     def stopService(self) -> Deferred[None]:
         """
@@ -913,11 +1081,14 @@ class SMTPService(Service):
             count=count,
         )
         d: Deferred[None] = maybeDeferred(self.server.close)
+        metrics, self.metrics_port = self.metrics_port, None
 
-        def done(result: None) -> None:
+        async def done(result: None) -> None:
             log.info("stopped: every session is closed")
+            if metrics is not None:
+                await maybeDeferred(metrics.stopListening)
 
-        return d.addCallback(done)
+        return d.addCallback(lambda result: Deferred.fromCoroutine(done(result)))
 
 
 def _reason(error: BaseException) -> str:
@@ -954,15 +1125,31 @@ def _describe(port: Any) -> str:
 
 def makeService(options: Options) -> IService:
     """
-    The service that twistd runs: an L{SMTPService} (named C{"smtp"}) in a
-    L{MultiService}.
+    The service that twistd runs, named C{"smtp"} in a L{MultiService}: an
+    L{SMTPService}, or with C{--workers} N > 1 a
+    L{smtphooks._workers.WorkersService} that binds the sockets and runs N
+    worker processes on them.
 
     @param options: parsed L{Options}.
     """
     top = MultiService()  # type: ignore[no-untyped-call]
     runner = getattr(options, "parent", None)
     maildir = options.maildir.path if options.maildir is not None else None
-    smtp = SMTPService(options.server, list(options["listen"]), runner, maildir)
+    smtp: SMTPService
+    if options["workers"] > 1:
+        from ._workers import WorkersService
+
+        smtp = WorkersService(options, runner, maildir)
+    else:
+        smtp = SMTPService(
+            options.server,
+            list(options["listen"]),
+            runner,
+            maildir,
+            metrics=options["metrics"],
+            registry=options.registry,
+            reactor=options._get_reactor(),
+        )
     smtp.setName("smtp")  # type: ignore[no-untyped-call]
     smtp.setServiceParent(top)  # type: ignore[no-untyped-call]
     return top

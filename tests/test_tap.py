@@ -15,7 +15,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import capturedLogs
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from smtphooks import tap
 from smtphooks._auth import AuthRequest
@@ -287,16 +287,81 @@ class OptionsTests(SynchronousTestCase):
             *tls, "--sni", "nameonly", mentions="--sni must be a list of name=value"
         )
 
-    def test_metrics_and_workers_refused(self) -> None:
+    def test_workers(self) -> None:
         """
-        C{--metrics} and C{--workers} belong to a later version: they are
-        refused by name.
+        C{--workers} is a whole number, 1 or more (1, the default, is a
+        single process); C{--reuse-port} goes with it.
         """
-        self.assertUsageError(
-            "--metrics", "tcp:9100", mentions="--metrics is not supported by this version"
+        self.assertEqual(self.parse()["workers"], 1)
+        self.assertEqual(self.parse("--workers", "4")["workers"], 4)
+        for bad in ("0", "-2", "two", ""):
+            self.assertUsageError(
+                "--workers", bad, mentions="--workers must be a whole number (1 or more)"
+            )
+        self.assertTrue(self.parse("--workers", "2", "--reuse-port")["reuse-port"])
+        self.assertUsageError("--reuse-port", mentions="--reuse-port needs --workers 2 or more")
+
+    def test_argv_kept(self) -> None:
+        """
+        The command line and the directory it was parsed in are kept, for
+        the workers, which parse the same.
+        """
+        options = self.parse("--workers", "2", "--size", "100")
+        self.assertEqual(
+            options.argv, ["--maildir", self.maildir, "--workers", "2", "--size", "100"]
         )
+        self.assertEqual(options.cwd, os.getcwd())
+
+    def test_metrics(self) -> None:
+        """
+        C{--metrics} sets a L{PrometheusObserver} on the server, in a
+        registry of its own that also has the process metrics; with
+        C{--workers}, the master's server (which serves nothing) has none.
+        A malformed endpoint is refused by name.
+        """
+        try:
+            from smtphooks.metrics import PrometheusObserver
+        except ImportError:
+            raise SkipTest("prometheus_client is not installed")
+        options = self.parse("--metrics", "tcp:9100:interface=127.0.0.1")
+        self.assertEqual(options["metrics"], "tcp:9100:interface=127.0.0.1")
+        self.assertIsInstance(options.server.observer, PrometheusObserver)
+        self.assertIs(options.server.observer.registry, options.registry)
+        self.assertEqual(options.registry.get_sample_value("smtphooks_connections_total"), 0)
+        self.assertIsNotNone(options.registry.get_sample_value("process_cpu_seconds_total"))
+        second = self.parse("--metrics", "tcp:9100")
+        self.assertIsNot(second.registry, options.registry)
+        workers = self.parse("--metrics", "tcp:9100", "--workers", "2")
+        self.assertIsNone(workers.server.observer)
+        self.assertIsNone(workers.registry)
+        self.assertUsageError("--metrics", "bogus:1", mentions="--metrics bogus:1")
+
+    def test_metrics_without_prometheus_client(self) -> None:
+        """
+        Without C{prometheus_client}, C{--metrics} is one line that says
+        what to install.
+        """
+        import smtphooks
+
+        saved = {name: sys.modules.get(name) for name in ("prometheus_client", "smtphooks.metrics")}
+        attribute = smtphooks.__dict__.get("metrics")
+
+        def restore() -> None:
+            for name, module in saved.items():
+                if module is None:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = module
+            if attribute is not None:
+                smtphooks.metrics = attribute
+
+        self.addCleanup(restore)
+        sys.modules["prometheus_client"] = None  # type: ignore[assignment]
+        sys.modules.pop("smtphooks.metrics", None)
+        smtphooks.__dict__.pop("metrics", None)
         self.assertUsageError(
-            "--workers", "4", mentions="--workers is not supported by this version"
+            "--metrics", "tcp:9100",
+            mentions="--metrics needs prometheus_client: pip install 'smtphooks[metrics]'",
         )
 
     def test_maildir_not_usable(self) -> None:
@@ -773,6 +838,67 @@ class ServiceTests(TestCase):
         service.startService()
         self.assertEqual(len(smtp.ports), 1)
         return service.stopService()  # type: ignore[no-any-return]
+
+    async def test_metrics(self) -> None:
+        """
+        With C{--metrics}, starting also serves the registry over HTTP, and
+        stopping closes that port too.
+        """
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise SkipTest("prometheus_client is not installed")
+        from twisted.internet import reactor
+        from twisted.web.client import Agent, HTTPConnectionPool, readBody
+
+        service = self.make(
+            "--listen", "tcp:0:interface=127.0.0.1", "--metrics", "tcp:0:interface=127.0.0.1"
+        )
+        smtp = service.getServiceNamed("smtp")
+        with capturedLogs() as events:
+            service.privilegedStartService()
+            service.startService()
+        port = smtp.metrics_port
+        self.assertIsNotNone(port)
+        served = [e for e in events if "serving Prometheus metrics" in e.get("log_format", "")]
+        self.assertEqual(len(served), 1)
+        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        number = port.getHost().port
+        response = await agent.request(b"GET", f"http://127.0.0.1:{number}/metrics".encode())
+        body = await readBody(response)
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"smtphooks_connections_total 0.0\n", body)
+        self.assertIn(b"process_cpu_seconds_total", body)
+        await service.stopService()
+        self.assertIsNone(smtp.metrics_port)
+        probe = socket.socket()
+        try:
+            self.assertNotEqual(probe.connect_ex(("127.0.0.1", number)), 0)
+        finally:
+            probe.close()
+
+    def test_metrics_port_in_use(self) -> None:
+        """
+        A C{--metrics} port in use stops startup like an SMTP port in use,
+        and the SMTP ports already opened are closed.
+        """
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise SkipTest("prometheus_client is not installed")
+        port = self.occupied()
+        service = self.make(
+            "--listen", "tcp:0:interface=127.0.0.1",
+            "--metrics", f"tcp:{port}:interface=127.0.0.1",
+        )
+        smtp = service.getServiceNamed("smtp")
+        self.patch(sys, "__stderr__", io.StringIO())
+        with capturedLogs() as events:
+            exit = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertEqual(exit.code, 1)
+        (critical,) = [e for e in events if e["log_level"].name == "critical"]
+        self.assertEqual(critical["description"], f"tcp:{port}:interface=127.0.0.1")
+        self.assertEqual(smtp.server._ports, [])
 
     def occupied(self) -> int:
         blocker = socket.socket()

@@ -19,6 +19,7 @@ import signal
 import smtplib
 import socket
 import sys
+import urllib.request
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -555,6 +556,50 @@ class PluginTests(TwistdTestCase):
         self.assertEqual(len(self.delivered()), 1)
         await self.stop(process)
 
+    async def test_metrics(self) -> None:
+        """
+        C{--metrics} serves Prometheus metrics over HTTP: after a message
+        sent with swaks, the counters, the replies by code and the hook
+        histogram say so, next to the process metrics.
+        """
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            self.skipTest("prometheus_client is not installed")
+        swaks = require_tool("swaks")
+        metrics_port = free_port()
+        process, port = await self.start("--metrics", f"tcp:{metrics_port}:interface=127.0.0.1")
+        await process.wait_for(b"serving Prometheus metrics on")
+        code, out, err = await run_process(
+            [
+                swaks, "--server", f"127.0.0.1:{port}", "--helo", "client.example.net",
+                "--from", "sender@example.org", "--to", "rcpt@example.com",
+            ]
+        )
+        self.assertEqual(code, 0, out + err)
+
+        def scrape() -> str:
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=PATIENCE) as response:
+                self.assertEqual(response.status, 200)
+                return str(response.read().decode())
+
+        text = await deferToThread(scrape)
+        for line in [
+            'smtphooks_messages_total{result="accepted"} 1.0',
+            'smtphooks_messages_total{result="rejected"} 0.0',
+            "smtphooks_transactions_total 1.0",
+            "smtphooks_connections_total 1.0",
+            'smtphooks_replies_total{code="354"} 1.0',
+            'smtphooks_replies_total{code="221"} 1.0',
+            'smtphooks_hook_duration_seconds_count{hook="on_data"} 1.0',
+        ]:
+            self.assertIn(line + "\n", text)
+        self.assertRegex(text, r'smtphooks_message_bytes_total\{result="accepted"\} [1-9]')
+        self.assertIn("process_resident_memory_bytes", text)
+        self.assertNotIn("GET /metrics", process.log())
+        await self.stop(process)
+
     async def test_twist(self) -> None:
         """
         C{twist smtphooks} runs the same server.
@@ -631,6 +676,28 @@ class StartupErrorTests(TwistdTestCase):
         self.assertNotIn(b"Traceback", out + err)
         self.assertFalse(os.path.exists(os.path.join(self.workdir, "twistd.pid")))
 
+    async def test_metrics_without_prometheus_client(self) -> None:
+        """
+        C{--metrics} without C{prometheus_client} installed: one line that
+        says what to install, exit status 1.
+        """
+        code = (
+            "import sys; sys.modules['prometheus_client'] = None; sys.argv[0] = 'twistd'; "
+            "from twisted.scripts.twistd import run; run()"
+        )
+        status, out, err = await run_process(
+            [_python(), "-c", code, "-n", "--pidfile=", "smtphooks", "--metrics", "tcp:9100"],
+            env=_environment(self.workdir),
+            path=self.workdir,
+        )
+        text = (out + err).decode("utf-8", "replace")
+        self.assertEqual(status, 1, text)
+        self.assertNotIn("Traceback", text)
+        self.assertIn(
+            "--metrics needs prometheus_client: pip install 'smtphooks[metrics]'",
+            text.strip().splitlines()[-1],
+        )
+
     async def test_bad_options(self) -> None:
         """
         Each bad option, unreadable file or unknown hooks object gives exit
@@ -644,8 +711,9 @@ class StartupErrorTests(TwistdTestCase):
             (["--hooks", "tests.tap_hooks:nothing"], "has none of the hooks"),
             (["--auth-users", "/nonexistent/users"], "--auth-users: cannot read"),
             (["--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"], "--tls-cert"),
-            (["--metrics", "tcp:9100"], "--metrics is not supported"),
-            (["--workers", "2"], "--workers is not supported"),
+            (["--metrics", "bogus:9100"], "--metrics bogus:9100"),
+            (["--workers", "0"], "--workers must be a whole number (1 or more)"),
+            (["--reuse-port"], "--reuse-port needs --workers 2 or more"),
             (["--no-such-option"], "no-such-option"),
         ]
         results = await DeferredList(
