@@ -5,7 +5,7 @@ L{DataStream}: the message body as C{on_data} receives it, with flow control.
 from __future__ import annotations
 
 from collections import deque
-from typing import Protocol as TypingProtocol
+from typing import Any, Awaitable, Generator, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -28,6 +28,27 @@ class _Source(TypingProtocol):
     def pause_body(self) -> None: ...
 
     def resume_body(self) -> None: ...
+
+
+#: What a waiting reader is woken with at the end (cheaper than a Failure).
+_END: bytes = b"\x00end of stream"
+
+
+class _NextChunk:
+    """
+    The awaitable C{__anext__} returns while a chunk is awaited.
+    """
+
+    __slots__ = ("_waiter",)
+
+    def __init__(self, waiter: Deferred[bytes]) -> None:
+        self._waiter = waiter
+
+    def __await__(self) -> Generator[Any, Any, bytes]:
+        chunk = yield from self._waiter.__await__()
+        if chunk is _END:
+            raise StopAsyncIteration
+        return chunk
 
 
 @implementer(IPushProducer)
@@ -115,10 +136,12 @@ class DataStream:
             self._claim("iteration")
         return self
 
-    def __anext__(self) -> Deferred[bytes]:
+    def __anext__(self) -> Awaitable[bytes]:
         """
-        @return: a L{Deferred} that fires with the next chunk, or fails with
-            L{StopAsyncIteration} at the end.
+        @return: an awaitable of the next chunk, which raises
+            L{StopAsyncIteration} at the end, or the error that cut the
+            message short.
+        @raise StopAsyncIteration: at once, when the stream has ended.
         """
         if self._chunks:
             chunk = self._chunks.popleft()
@@ -127,13 +150,16 @@ class DataStream:
                 self._resume_source()
             return succeed(chunk)
         if self._ended:
-            d: Deferred[bytes] = Deferred()
-            d.errback(self._failure or StopAsyncIteration())
-            return d
+            if self._failure is not None:
+                d: Deferred[bytes] = Deferred()
+                d.errback(self._failure)
+                return d
+            raise StopAsyncIteration
         if self._waiter is not None:
             raise RuntimeError("DataStream: __anext__ called while a chunk is awaited")
-        self._waiter = Deferred()
-        return self._waiter
+        waiter: Deferred[bytes] = Deferred()
+        self._waiter = waiter
+        return _NextChunk(waiter)
 
     def read(self) -> Deferred[bytes]:
         """
@@ -275,7 +301,7 @@ class DataStream:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
-            waiter.errback(StopAsyncIteration())
+            waiter.callback(_END)  # _NextChunk turns it into StopAsyncIteration
         if self._consumer is not None and not self._chunks:
             self._finish_pipe()
         if self._discarding:

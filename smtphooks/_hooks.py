@@ -101,6 +101,34 @@ class Hooks:
         """
 
 
+#: Results that are certainly not awaitable: checked first, by exact type.
+_PLAIN = frozenset((type(None), str, bool, int, list, tuple, dict))
+
+
+def start_hook(hook: Hook, args: tuple[Any, ...]) -> Any:
+    """
+    Call a user hook.
+
+    @return: its plain result; a L{Failure} if it raised; or, for a
+        L{Deferred}, a coroutine or another awaitable, a L{Deferred} of its
+        outcome (without a timeout).  Hooks that answer at once thus cost no
+        Deferred at all.
+    """
+    try:
+        result = hook(*args)
+    except BaseException:
+        return Failure()  # type: ignore[no-untyped-call]
+    if type(result) in _PLAIN:
+        return result
+    if isinstance(result, Deferred):
+        return result
+    if inspect.iscoroutine(result):
+        return Deferred.fromCoroutine(result)
+    if inspect.isawaitable(result):
+        return Deferred.fromCoroutine(_await(result))
+    return result
+
+
 def call_hook(
     hook: Hook,
     args: tuple[Any, ...],
@@ -127,18 +155,19 @@ def call_hook(
     """
     if observer is not None:
         return _observed(hook, args, clock, timeout, observer, name)
-    try:
-        result = hook(*args)
-    except BaseException:
-        return fail(Failure())  # type: ignore[no-untyped-call]
-    if isinstance(result, Deferred):
-        d: Deferred[Any] = result
-    elif inspect.iscoroutine(result):
-        d = Deferred.fromCoroutine(result)
-    elif inspect.isawaitable(result):
-        d = Deferred.fromCoroutine(_await(result))
-    else:
+    result = start_hook(hook, args)
+    if isinstance(result, Failure):
+        return fail(result)
+    if not isinstance(result, Deferred):
         return succeed(result)
+    return with_timeout(result, clock, timeout)
+
+
+def with_timeout(d: Deferred[Any], clock: IReactorTime, timeout: float | None) -> Deferred[Any]:
+    """
+    Give a hook's pending result C{timeout} seconds, then cancel it and fail
+    with L{HookTimeout}.
+    """
     if d.called or timeout is None:
         return d
     return d.addTimeout(timeout, clock, _on_timeout)

@@ -31,7 +31,7 @@ from . import _errors as R
 from ._auth import AuthRequest, AuthResponse, Challenge, SASLError, new_mechanism
 from ._data import DataStream
 from ._errors import Reply, clean_text, is_rejection, reply_for_error
-from ._hooks import HookTimeout, call_hook
+from ._hooks import HookTimeout, call_hook, start_hook, with_timeout
 from ._parse import DataScanner, ParseError, parse_mail, parse_rcpt, split_command, xtext_decode
 from ._session import Address, Envelope, RecipientDSN, Session
 from ._tls import tls_info
@@ -131,6 +131,49 @@ class SMTPProtocol(Protocol):
     stops reading while a hook is pending, so that replies go out in command
     order however long hooks take.
     """
+
+    # Slots keep an idle connection small (an instance dict of this many keys
+    # costs over a kilobyte); Protocol's own attributes stay in its dict.
+    __slots__ = (
+        "_bdat_last",
+        "_bdat_left",
+        "_bdat_refusal",
+        "_bdat_size",
+        "_body_paused_at",
+        "_buffer",
+        "_busy",
+        "_clock",
+        "_counted",
+        "_data_deadline",
+        "_data_hook",
+        "_data_outcome",
+        "_data_timer",
+        "_discarding_line",
+        "_enhanced",
+        "_handlers",
+        "_helo",
+        "_idle",
+        "_implicit_tls",
+        "_line_deadline",
+        "_lost",
+        "_observer",
+        "_opts",
+        "_out",
+        "_over_limit",
+        "_paused",
+        "_pending",
+        "_phase",
+        "_sasl",
+        "_sasl_failure",
+        "_scanner",
+        "_shutdown_requested",
+        "_stall_timer",
+        "_stream",
+        "_unauthenticated",
+        "_unrecognized",
+        "_unsent",
+        "session",
+    )
 
     factory: SMTPServer
 
@@ -582,7 +625,14 @@ class SMTPProtocol(Protocol):
         now if it answered at once, else when it does, with input paused
         meanwhile so that replies stay in order.
         """
-        d = call_hook(hook, args, self._clock, self._opts.hook_timeout, self._observer, name)
+        if self._observer is None:
+            result = start_hook(hook, args)
+            if not isinstance(result, Deferred):
+                done(result)  # answered at once: the common case, kept cheap
+                return
+            d = with_timeout(result, self._clock, self._opts.hook_timeout)
+        else:
+            d = call_hook(hook, args, self._clock, self._opts.hook_timeout, self._observer, name)
         if d.called:
             d.addBoth(done)
             return
