@@ -791,18 +791,30 @@ class SMTPProtocol(Protocol):
 
     # -- XCLIENT / XFORWARD (Postfix) ----------------------------------------
 
-    def do_XCLIENT(self, argument: bytes) -> None:
-        session = self.session
-        if not is_trusted(session.remote_address, self._opts.use_xclient):
+    def _trusted_attributes(
+        self,
+        argument: bytes,
+        setting: Any,
+        parse: Callable[[bytes], dict[str, str]],
+    ) -> dict[str, str] | None:
+        # XCLIENT and XFORWARD: only from trusted clients, outside a
+        # transaction, with valid attributes; else the reply says why.
+        if not is_trusted(self.session.remote_address, setting):
             self._reply(R.XCLIENT_DENIED)
-            return
+            return None
         if self.in_transaction():
             self._reply(R.XCLIENT_IN_TRANSACTION)
-            return
+            return None
         try:
-            attributes = parse_xclient(argument)
+            return parse(argument)
         except ParseError as e:
             self._reply(e.reply)
+            return None
+
+    def do_XCLIENT(self, argument: bytes) -> None:
+        session = self.session
+        attributes = self._trusted_attributes(argument, self._opts.use_xclient, parse_xclient)
+        if attributes is None:
             return
         log.info(
             "XCLIENT {attributes} from {peer} (session {session_id})",
@@ -830,16 +842,8 @@ class SMTPProtocol(Protocol):
         self._run_hook(hook, (session,), greeted, "on_connect")
 
     def do_XFORWARD(self, argument: bytes) -> None:
-        if not is_trusted(self.session.remote_address, self._opts.use_xforward):
-            self._reply(R.XCLIENT_DENIED)
-            return
-        if self.in_transaction():
-            self._reply(R.XCLIENT_IN_TRANSACTION)
-            return
-        try:
-            attributes = parse_xforward(argument)
-        except ParseError as e:
-            self._reply(e.reply)
+        attributes = self._trusted_attributes(argument, self._opts.use_xforward, parse_xforward)
+        if attributes is None:
             return
         apply_xforward(self.session, attributes)
         self._reply(R.OK)
