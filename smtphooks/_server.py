@@ -372,11 +372,14 @@ class SMTPServer(ServerFactory):
         Start listening.  May be called several times.
 
         @param endpoint: an endpoint description (C{"tcp:2525"},
-            C{"unix:/run/smtp.sock"}, C{"systemd:domain=INET:index=0"}) or an
+            C{"ssl:465:privateKey=k.pem:certKey=c.pem"},
+            C{"unix:/run/smtp.sock"}, C{"systemd:domain=INET:index=0"},
+            C{"haproxy:tcp:25"} for a PROXY header on every connection) or an
             L{IStreamServerEndpoint}.
         @return: a L{Deferred} that fires with the listening port.
-        @raise ValueError: for a malformed endpoint description, or a
-            C{haproxy:} one (use the C{use_proxy} option).
+        @raise ValueError: for a malformed endpoint description, or
+            C{haproxy:ssl:} (TLS would come before the PROXY header: use
+            C{haproxy:tcp:} with C{secure=True}).
         """
         proxy = self.options.use_proxy
         # "haproxy:tcp:25" (or Twisted's proxyEndpoint()) means use_proxy=True
