@@ -132,9 +132,12 @@ class SMTPProtocol(Protocol):
     order however long hooks take.
     """
 
-    # Slots keep an idle connection small (an instance dict of this many keys
-    # costs over a kilobyte); Protocol's own attributes stay in its dict.
+    # Slots keep an idle connection small: with Protocol's own attributes
+    # (factory, transport, connected) among them, no instance dict is made.
     __slots__ = (
+        "factory",
+        "transport",
+        "connected",
         "_bdat_last",
         "_bdat_left",
         "_bdat_refusal",
