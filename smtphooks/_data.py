@@ -172,11 +172,12 @@ class DataStream:
         parts: list[bytes] = []
 
         async def collect() -> bytes:
-            async for chunk in self:
-                parts.append(chunk)
-            return b"".join(parts)
+            while True:
+                try:
+                    parts.append(await self.__anext__())
+                except StopAsyncIteration:
+                    return b"".join(parts)
 
-        self._mode = None
         return Deferred.fromCoroutine(collect())
 
     def pipe(self, consumer: IConsumer) -> Deferred[None]:
