@@ -432,18 +432,9 @@ class SMTPProtocol(Protocol):
         # on_data stopped reading its stream for hook_timeout: it counts as
         # a hook that does not answer.  The rest of the body is discarded.
         self._stall_timer = None
-        stream, d = self._stream, self._data_hook
-        if stream is None or d is None or self._data_outcome is not None:
-            return
-        log.warn(
-            "hook on_data stopped reading the message (session {session_id})",
-            session_id=self.session.id,
-        )
-        self._data_outcome = [
-            Failure(HookTimeout("on_data stopped reading"))  # type: ignore[no-untyped-call]
-        ]
-        stream.discard()
-        d.cancel()
+        stream = self._stream
+        if stream is not None and self._give_up_on_data_hook("on_data stopped reading"):
+            stream.discard()
 
     # -- input -----------------------------------------------------------
 
@@ -1147,14 +1138,23 @@ class SMTPProtocol(Protocol):
 
     def _data_timed_out(self) -> None:
         self._data_timer = None
+        if self._give_up_on_data_hook("on_data did not answer in time"):
+            self._finish_data()
+
+    def _give_up_on_data_hook(self, why: str) -> bool:
+        """
+        Count a pending C{on_data} as timed out (the client will get
+        C{451}, and the final reply logs it), and cancel it; its late result
+        is ignored.
+
+        @return: L{False} if it was not pending.
+        """
         d = self._data_hook
         if d is None or self._data_outcome is not None:
-            return
-        self._data_outcome = [
-            Failure(HookTimeout("on_data did not answer in time"))  # type: ignore[no-untyped-call]
-        ]
+            return False
+        self._data_outcome = [Failure(HookTimeout(why))]  # type: ignore[no-untyped-call]
         d.cancel()
-        self._finish_data()
+        return True
 
     def _data_replies(self, result: Any, stream: DataStream) -> list[Reply]:
         """
