@@ -562,12 +562,7 @@ class DataScanner:
         if i < 0:
             # The common case: no line starts with "." (so no end either).
             # Hand on all but a trailing CR or CRLF.
-            if buf.endswith(b"\r\n"):
-                hold = size - 2
-            elif buf.endswith(b"\r"):
-                hold = size - 1
-            else:
-                hold = size
+            hold = size - _partial_terminator(buf)
             if hold > start:
                 self._skip = 0
                 self._pending = buf[hold:]
@@ -607,12 +602,7 @@ class DataScanner:
                 break
             i = buf.find(b"\r\n.", after)
             if i < 0:
-                if buf.endswith(b"\r\n"):
-                    hold = size - 2
-                elif buf.endswith(b"\r"):
-                    hold = size - 1
-                else:
-                    hold = size
+                hold = size - _partial_terminator(buf)
                 break
         # hold < start only while the initial CRLF is held back.
         if hold > start:
