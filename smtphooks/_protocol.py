@@ -19,6 +19,7 @@ import sys
 import termios
 from typing import TYPE_CHECKING, Any, Callable, Final
 
+from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, ISSLTransport
@@ -56,6 +57,12 @@ _BDAT: Final = 5  # reading the bytes of a BDAT chunk
 _HOOK: Final = 1  # a hook is pending: stop processing input too
 _BODY: Final = 2  # the DataStream's consumer is behind
 _WRITE: Final = 4  # the client does not read its replies
+
+# Replies are sent straight to the socket of Twisted's TCP transport when
+# nothing is queued in it (SMTPProtocol._send), which needs these attributes.
+_DIRECT_SEND: Final = all(
+    hasattr(tcp.Server, name) for name in ("TLS", "dataBuffer", "connected", "disconnecting")
+)
 
 _HTTP_VERBS: Final = frozenset(
     (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH")
@@ -151,11 +158,11 @@ class SMTPProtocol(Protocol):
         "_data_hook",
         "_data_outcome",
         "_data_timer",
+        "_direct",
         "_discarding_line",
         "_enhanced",
         "_handlers",
         "_helo",
-        "_idle",
         "_implicit_tls",
         "_line_deadline",
         "_lost",
@@ -175,6 +182,7 @@ class SMTPProtocol(Protocol):
         "_unauthenticated",
         "_unrecognized",
         "_unsent",
+        "_watch",
         "session",
     )
 
@@ -196,7 +204,8 @@ class SMTPProtocol(Protocol):
         self._helo = False
         self._unrecognized = 0
         self._discarding_line = False
-        self._idle: IDelayedCall | None = None
+        self._watch = server._idle_watch()
+        self._direct = False
         self._pending: Deferred[Any] | None = None
         self._scanner: DataScanner | None = None
         self._stream: DataStream | None = None
@@ -235,7 +244,12 @@ class SMTPProtocol(Protocol):
             f"[{session.remote_address}]" if session.remote_address else "localhost"
         )
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
-        self._idle = self._clock.callLater(self._opts.socket_timeout, self._timed_out)
+        if type(transport) is tcp.Server:
+            # Replies go out with one send() when nothing is queued before
+            # them (see _send), and must not wait for Nagle's algorithm.
+            self._direct = _DIRECT_SEND and hasattr(transport, "_tempDataBuffer")
+            transport.setTcpNoDelay(True)
+        self._watch.touch(self)
         refusal = self.factory._admit(self)
         self._counted = refusal is None
         if refusal is not None:
@@ -329,10 +343,11 @@ class SMTPProtocol(Protocol):
             return
         self._lost = True
         self._phase = _CLOSED
-        for timer in (self._idle, self._data_timer, self._stall_timer):
+        self._watch.forget(self)
+        for timer in (self._data_timer, self._stall_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._idle = self._data_timer = self._stall_timer = None
+        self._data_timer = self._stall_timer = None
         stream = self._stream
         if stream is not None and not stream.ended:
             if self.session.error is None:
@@ -400,9 +415,8 @@ class SMTPProtocol(Protocol):
         The transport's write buffer drained: read the client again.  A
         client that reads its replies is not idle.
         """
-        idle = self._idle
-        if idle is not None and self._phase != _CLOSED:
-            idle.reset(self._opts.socket_timeout)
+        if self._phase != _CLOSED and not self._lost:
+            self._watch.touch(self)
         self._unpause(_WRITE)
 
     def stopProducing(self) -> None:
@@ -443,9 +457,10 @@ class SMTPProtocol(Protocol):
             self._buffer += data
         else:
             self._buffer = data
-        idle = self._idle
-        if idle is not None:
-            idle.reset(self._opts.socket_timeout)
+        if self._phase != _CLOSED:
+            # (A client that keeps talking after its 421 or 221 does not
+            # keep the connection: it is cut off socket_timeout after it.)
+            self._watch.touch(self)
         if self._line_deadline or self._data_deadline:
             # A client that trickles bytes is not idle, but a command line
             # and a message each have a deadline.
@@ -525,7 +540,7 @@ class SMTPProtocol(Protocol):
             if len(out) >= 64:
                 # A client pipelining a flood of commands: hand the replies
                 # to the transport now, which pauses us if it is full.
-                self._flush()
+                self._send()
                 out = self._out
         if pos < size and self._phase != _CLOSED and self._phase != _TLS:
             self._buffer = buf[pos:]
@@ -581,33 +596,53 @@ class SMTPProtocol(Protocol):
     def _close(self) -> None:
         self._phase = _CLOSED
         self._buffer = b""
-        self._flush()
+        self._send()
         transport = self.transport
-        if transport is not None:
+        if transport is not None and not self._lost:
             # A TLS transport does not shut down while a producer is
             # registered with it.
             transport.unregisterProducer()  # type: ignore[attr-defined]
             transport.loseConnection()
             # A client that does not read its last replies does not keep
-            # the connection: it is cut off after socket_timeout.
-            idle = self._idle
-            if idle is not None and idle.active():
-                idle.cancel()
-            self._idle = self._clock.callLater(self._opts.socket_timeout, self._abort)
-
-    def _abort(self) -> None:
-        self._idle = None
-        if not self._lost and self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            # the connection: it is cut off after socket_timeout (see
+            # idle_expired).
+            self._watch.touch(self)
 
     def _flush(self) -> None:
+        """
+        Send the replies produced so far, unless input is being processed:
+        L{_process} sends all the replies to one read together when it is
+        done, in one segment (a pipelining client waits for all of them).
+        """
+        if not self._busy:
+            self._send()
+
+    def _send(self) -> None:
         out = self._out
-        if out and self.transport is not None and not self._lost:
-            self._out = []
-            if len(out) == 1:
-                self.transport.write(out[0])
-            else:
-                self.transport.writeSequence(out)
+        transport = self.transport
+        if not out or transport is None or self._lost:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if (
+            self._direct
+            and not transport.TLS  # type: ignore[attr-defined]
+            and not transport.dataBuffer  # type: ignore[attr-defined]
+            and not transport._tempDataBuffer  # type: ignore[attr-defined]
+            and transport.connected  # type: ignore[attr-defined]
+            and not transport.disconnecting  # type: ignore[attr-defined]
+        ):
+            # Nothing is queued before these bytes: send them now, instead
+            # of registering for writability and sending on the reactor's
+            # next turn (an epoll_ctl pair and a reactor event per reply).
+            try:
+                sent = transport.socket.send(data)  # type: ignore[attr-defined]
+            except OSError:
+                sent = 0  # EAGAIN, or an error that the transport will find
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
 
     # -- hooks -----------------------------------------------------------
 
@@ -643,8 +678,10 @@ class SMTPProtocol(Protocol):
                 return
             self._pending = None
             done(result)
-            self._flush()
+            # Input pipelined behind the hook's command is processed now,
+            # and its replies leave with the hook's, in one send.
             self._unpause(_HOOK)
+            self._flush()
 
         d.addBoth(finished)
 
@@ -678,9 +715,17 @@ class SMTPProtocol(Protocol):
 
     # -- timeouts and shutdown -------------------------------------------
 
-    def _timed_out(self) -> None:
-        self._idle = None
-        if self._lost or self._phase == _CLOSED:
+    def idle_expired(self) -> None:
+        """
+        Nothing was heard from the client for C{socket_timeout} seconds
+        (called by the server's L{IdleWatch}).
+        """
+        if self._lost:
+            return
+        if self._phase == _CLOSED:
+            # The client did not read its last replies.
+            if self.transport is not None:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
             return
         unsent = _unsent_bytes(self.transport)
         if (
@@ -692,7 +737,7 @@ class SMTPProtocol(Protocol):
             # neither is a client still reading the replies queued in the
             # kernel (the queue shrank since the last look).
             self._unsent = unsent
-            self._idle = self._clock.callLater(self._opts.socket_timeout, self._timed_out)
+            self._watch.touch(self)
             return
         self.session.error = "timeout"
         if self._phase == _TLS:
@@ -1303,7 +1348,7 @@ class SMTPProtocol(Protocol):
             self._reply(R.BAD_SEQUENCE)
             return
         self._reply(R.READY_FOR_TLS)
-        self._flush()
+        self._send()  # in plaintext, before the handshake
         # Whatever the client pipelined after STARTTLS in plaintext is
         # dropped: it must not be taken as coming over TLS (CVE-2011-0411).
         self._phase = _TLS

@@ -23,6 +23,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from . import _errors as R
 from ._errors import Reply
 from ._hooks import HOOK_NAMES
+from ._idle import IdleWatch
 from ._observer import Observer
 from ._options import Options
 from ._protocol import SMTPProtocol, _command_table
@@ -139,6 +140,7 @@ class SMTPServer(ServerFactory):
         self._per_ip: dict[str, int] = {}
         self._ports: list[IListeningPort] = []
         self._closing = False
+        self._watch: IdleWatch | None = None
         self._all_gone: list[Deferred[None]] = []
         self._resolver: Any = self.options.resolver
         self._reverse_lookup_timeout = REVERSE_LOOKUP_TIMEOUT
@@ -304,6 +306,16 @@ class SMTPServer(ServerFactory):
         """
         return SMTPProtocol(self)
 
+    def _idle_watch(self) -> IdleWatch:
+        """
+        The one L{IdleWatch} of this server's connections, made when the
+        first connection is (after tests may have replaced C{clock}).
+        """
+        watch = self._watch
+        if watch is None:
+            watch = self._watch = IdleWatch(self.clock, self.options.socket_timeout)
+        return watch
+
     def _admit(self, protocol: SMTPProtocol) -> Reply | None:
         """
         Count a new connection, or say why it is refused.
@@ -361,9 +373,10 @@ class SMTPServer(ServerFactory):
     @property
     def connections(self) -> list[Session]:
         """
-        The sessions of the live connections.
+        The sessions of the live connections (not of one being closed,
+        whose C{on_close} may be running).
         """
-        return [protocol.session for protocol in self._protocols]
+        return [protocol.session for protocol in self._protocols if not protocol._lost]
 
     # -- listening and closing -----------------------------------------------
 

@@ -900,6 +900,54 @@ class SocketTimeoutTests(SynchronousTestCase):
         clock.advance(0.1)
         self.assertEqual(take(s.transport), b"421 4.4.2 Timeout, closing connection\r\n")
 
+    def test_oneTimerForAllConnections(self) -> None:
+        """
+        However many connections are idle, the server keeps one timer for
+        their deadlines, and each still times out C{socket_timeout} after
+        its own last input.
+        """
+        server = make_server(socket_timeout=30)
+        clock = clock_of(server)
+        sessions = []
+        for _ in range(50):
+            sessions.append(Session_(server, ehlo=True))
+            clock.advance(0.5)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        # At t=25 the last one talks again: its deadline moves to t=55.
+        self.assertEqual(sessions[-1].line("NOOP"), b"250 2.0.0 OK\r\n")
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(30 - 25)  # t=30: the first one (input at t=0) is due
+        timed_out = [s for s in sessions if take(s.transport)]
+        self.assertEqual(timed_out, sessions[:1])
+        clock.advance(24)  # t=54: all but the last are due
+        timed_out = [s for s in sessions[1:] if take(s.transport)]
+        self.assertEqual(timed_out, sessions[1:-1])
+        clock.advance(0.9)
+        self.assertEqual(take(sessions[-1].transport), b"")
+        clock.advance(0.1)
+        self.assertEqual(take(sessions[-1].transport), b"421 4.4.2 Timeout, closing connection\r\n")
+        for s in sessions:
+            lose(s.protocol)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_closingClientMustRead(self) -> None:
+        """
+        After its C{221}, a client that neither reads nor hangs up is cut off
+        C{socket_timeout} later, even if it goes on sending.
+        """
+        s = Session_(make_server(socket_timeout=30), ehlo=True)
+        clock = clock_of(s.server)
+        self.assertEqual(s.line("QUIT"), b"221 2.0.0 Bye\r\n")
+        self.assertTrue(s.transport.disconnecting)
+        for _ in range(2):
+            clock.advance(10)
+            s.send(b"NOOP\r\n")
+        clock.advance(9.9)
+        self.assertFalse(s.transport.disconnected)
+        clock.advance(0.1)
+        self.assertEqual(take(s.transport), b"")
+        self.assertTrue(s.transport.disconnected)  # abortConnection()
+
 
 # -- DATA ----------------------------------------------------------------------
 

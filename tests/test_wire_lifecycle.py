@@ -5,6 +5,7 @@ graceful C{server.close()}.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet import reactor
@@ -161,6 +162,22 @@ class ConnectionsTests(TestCase):
         yield closed.wait_for(1)
         remaining = server.connections
         self.assertEqual([s.remote_port for s in remaining], [two.transport.getHost().port])
+
+    @inlineCallbacks
+    def test_noDelay(self) -> Any:
+        """
+        Accepted TCP sockets have C{TCP_NODELAY} set: the server sends the
+        replies to one read together, and a reply that follows a delayed hook
+        must not wait for the client's acknowledgement of the previous one.
+        """
+        server = SMTPServer(disable_reverse_lookup=True, name=SERVER_NAME)
+        port = yield start_server(self, server)
+        client = yield open_session(self, port)
+        [protocol] = server._protocols
+        sock = protocol.transport.getHandle()
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+        reply = yield client.command("NOOP")
+        self.assertEqual(reply.code, 250)
 
 
 class GracefulCloseTests(TestCase):
