@@ -813,7 +813,7 @@ class SMTPProtocol(Protocol):
         if self._stream is not None:
             self._abandon_message()
         self.session.envelope = Envelope()
-        if self.session.xforward:
+        if self.session._xforward:
             # XFORWARD attributes last one transaction (a new dict: a hook
             # that kept the old one keeps its values).
             self.session.xforward = {}

@@ -106,11 +106,6 @@ class TLSInfo:
     peer_certificate: Any = None
 
 
-def _new_id() -> str:
-    return secrets.token_hex(8)
-
-
-@dataclass(slots=True, eq=False)
 class Session:
     """
     One client connection, as hooks see it.
@@ -140,23 +135,121 @@ class Session:
     @ivar extra: the application's own per-session state.
     """
 
-    id: str = field(default_factory=_new_id)
-    local_address: str = ""
-    local_port: int = 0
-    remote_address: str = ""
-    remote_port: int = 0
-    client_hostname: str = ""
-    opening_command: str = ""
-    host_name_appears_as: str = ""
-    envelope: Envelope = field(default_factory=Envelope)
-    user: Any = None
-    transaction: int = 1
-    secure: bool = False
-    tls: TLSInfo | None = None
-    xclient: dict[str, str] = field(default_factory=dict)
-    xforward: dict[str, str] = field(default_factory=dict)
-    error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # A server holds one Session per connection, idle ones included: the id
+    # and the three dicts are only made when first asked for.
+    __slots__ = (
+        "_id",
+        "local_address",
+        "local_port",
+        "remote_address",
+        "remote_port",
+        "client_hostname",
+        "opening_command",
+        "host_name_appears_as",
+        "envelope",
+        "user",
+        "transaction",
+        "secure",
+        "tls",
+        "_xclient",
+        "_xforward",
+        "error",
+        "_extra",
+    )
+
+    def __init__(
+        self,
+        id: str | None = None,
+        local_address: str = "",
+        local_port: int = 0,
+        remote_address: str = "",
+        remote_port: int = 0,
+        client_hostname: str = "",
+        opening_command: str = "",
+        host_name_appears_as: str = "",
+        envelope: Envelope | None = None,
+        user: Any = None,
+        transaction: int = 1,
+        secure: bool = False,
+        tls: TLSInfo | None = None,
+        xclient: dict[str, str] | None = None,
+        xforward: dict[str, str] | None = None,
+        error: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self._id = id
+        self.local_address = local_address
+        self.local_port = local_port
+        self.remote_address = remote_address
+        self.remote_port = remote_port
+        self.client_hostname = client_hostname
+        self.opening_command = opening_command
+        self.host_name_appears_as = host_name_appears_as
+        self.envelope = Envelope() if envelope is None else envelope
+        self.user = user
+        self.transaction = transaction
+        self.secure = secure
+        self.tls = tls
+        self._xclient = xclient
+        self._xforward = xforward
+        self.error = error
+        self._extra = extra
+
+    @property
+    def id(self) -> str:
+        """
+        A unique random identifier of this connection.
+        """
+        if self._id is None:
+            self._id = secrets.token_hex(8)
+        return self._id
+
+    @property
+    def xclient(self) -> dict[str, str]:
+        """
+        Attributes received with XCLIENT.
+        """
+        if self._xclient is None:
+            self._xclient = {}
+        return self._xclient
+
+    @xclient.setter
+    def xclient(self, value: dict[str, str]) -> None:
+        self._xclient = value
+
+    @property
+    def xforward(self) -> dict[str, str]:
+        """
+        Attributes received with XFORWARD (for the current transaction).
+        """
+        if self._xforward is None:
+            self._xforward = {}
+        return self._xforward
+
+    @xforward.setter
+    def xforward(self, value: dict[str, str]) -> None:
+        self._xforward = value
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """
+        The application's own per-session state: a C{dict} to keep anything
+        in from one hook to the next.
+        """
+        if self._extra is None:
+            self._extra = {}
+        return self._extra
+
+    @extra.setter
+    def extra(self, value: dict[str, Any]) -> None:
+        self._extra = value
+
+    def __repr__(self) -> str:
+        return (
+            f"<Session {self.id} {self.remote_address}:{self.remote_port}"
+            f" {self.opening_command or '-'} {self.host_name_appears_as!r}"
+            f" transaction={self.transaction}>"
+        )
 
     @property
     def transmission_type(self) -> str:
