@@ -58,6 +58,10 @@ _HOOK: Final = 1  # a hook is pending: stop processing input too
 _BODY: Final = 2  # the DataStream's consumer is behind
 _WRITE: Final = 4  # the client does not read its replies
 
+#: Replies to pipelined commands are handed to the transport once this many
+#: bytes of them are waiting.
+_OUT_CHUNK: Final = 2048
+
 # Replies are sent straight to the socket of Twisted's TCP transport when
 # nothing is queued in it (SMTPProtocol._send), which needs these attributes.
 _DIRECT_SEND: Final = all(
@@ -153,7 +157,7 @@ class SMTPProtocol(Protocol):
         "_buffer",
         "_busy",
         "_clock",
-        "_counted",
+        "_counted_ip",
         "_data_deadline",
         "_data_hook",
         "_data_outcome",
@@ -199,7 +203,9 @@ class SMTPProtocol(Protocol):
         self._phase = _GREETING
         self._paused = 0
         self._busy = False
-        self._out: list[bytes] = []
+        # Replies not sent yet (usually one: appending to bytes is cheaper
+        # than a list to join, and an idle connection holds no list).
+        self._out = b""
         self._enhanced = False
         self._helo = False
         self._unrecognized = 0
@@ -215,7 +221,8 @@ class SMTPProtocol(Protocol):
         self._over_limit = False
         self._shutdown_requested = False
         self._lost = False
-        self._counted = False
+        # The address the server counted this connection under.
+        self._counted_ip: str | None = None
         self._unauthenticated = 0
         self._sasl: Any = None
         self._sasl_failure: Reply | None = None
@@ -251,7 +258,6 @@ class SMTPProtocol(Protocol):
             transport.setTcpNoDelay(True)
         self._watch.touch(self)
         refusal = self.factory._admit(self)
-        self._counted = refusal is None
         if refusal is not None:
             session.error = refusal.text
             self._reply(refusal)
@@ -369,7 +375,7 @@ class SMTPProtocol(Protocol):
                 return result
 
             data_hook.addBoth(finished)
-        if self._counted:
+        if self._counted_ip is not None:
             self.factory._release(self)
         hook = self.factory.on_close
         if hook is not None:
@@ -510,7 +516,6 @@ class SMTPProtocol(Protocol):
         pos = 0
         size = len(buf)
         limit = self._opts.max_command_length
-        out = self._out
         while pos < size and self._phase == _COMMAND and not self._paused & (_HOOK | _WRITE):
             end = buf.find(b"\n", pos)
             if end < 0:
@@ -537,11 +542,10 @@ class SMTPProtocol(Protocol):
             pos = end + 1
             self._line_deadline = 0.0
             self._line(line)
-            if len(out) >= 64:
+            if len(self._out) >= _OUT_CHUNK:
                 # A client pipelining a flood of commands: hand the replies
                 # to the transport now, which pauses us if it is full.
                 self._send()
-                out = self._out
         if pos < size and self._phase != _CLOSED and self._phase != _TLS:
             self._buffer = buf[pos:]
         else:
@@ -581,7 +585,7 @@ class SMTPProtocol(Protocol):
     def _reply(self, reply: Reply) -> None:
         if self._phase == _CLOSED:
             return
-        self._out.append(reply.extended if self._enhanced else reply.plain)
+        self._out += reply.extended if self._enhanced else reply.plain
         if self._observer is not None:
             self._observer.reply(reply.code)
         if reply.close:
@@ -589,7 +593,7 @@ class SMTPProtocol(Protocol):
 
     def _send_raw(self, data: bytes, code: int) -> None:
         # A reply rendered elsewhere (greeting, EHLO, SASL challenge).
-        self._out.append(data)
+        self._out += data
         if self._observer is not None:
             self._observer.reply(code)
 
@@ -618,12 +622,11 @@ class SMTPProtocol(Protocol):
             self._send()
 
     def _send(self) -> None:
-        out = self._out
+        data = self._out
         transport = self.transport
-        if not out or transport is None or self._lost:
+        if not data or transport is None or self._lost:
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
+        self._out = b""
         if (
             self._direct
             and not transport.TLS  # type: ignore[attr-defined]

@@ -158,7 +158,6 @@ class SMTPServer(ServerFactory):
         )
         self._ehlo_tails: dict[tuple[bool, bool, bool, bool, bool], bytes] = {}
         self._proxy_factories: list[ProxyWrappingFactory] = []
-        self._admitted: dict[SMTPProtocol, str] = {}
         self._build_replies()
 
     # -- replies that depend on the options --------------------------------
@@ -333,7 +332,7 @@ class SMTPServer(ServerFactory):
         if opts.max_clients_per_ip and count >= opts.max_clients_per_ip:
             return R.TOO_MANY_FROM_IP
         self._per_ip[ip] = count + 1
-        self._admitted[protocol] = ip
+        protocol._counted_ip = ip
         return None
 
     def _release(self, protocol: SMTPProtocol) -> None:
@@ -341,7 +340,10 @@ class SMTPServer(ServerFactory):
         Uncount a connection that L{admit} counted.
         """
         # The address admit() counted: XCLIENT may have changed the session's.
-        ip = self._admitted.pop(protocol, protocol.session.remote_address)
+        ip = protocol._counted_ip
+        if ip is None:
+            return
+        protocol._counted_ip = None
         count = self._per_ip.get(ip, 0) - 1
         if count > 0:
             self._per_ip[ip] = count
