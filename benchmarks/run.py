@@ -111,6 +111,8 @@ VARIANTS = {
     "smtphooks-read": ["--consume", "read"],
     "smtphooks-pipe": ["--consume", "pipe"],
     "smtphooks-async": ["--hooks", "async"],
+    # Twisted's own EPollReactor instead of smtphooks.reactor's (the sinks' default)
+    "smtphooks-default-reactor": ["--default-reactor"],
 }
 PEERS = ["aiosmtpd", "twisted-mail", "node-smtp-server", "smtp-sink"]
 

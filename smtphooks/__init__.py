@@ -7,7 +7,8 @@ C{on_mail_from}, C{on_rcpt_to}, C{on_data}, C{on_close}), and reject with
 L{SMTPError}.  The message body reaches C{on_data} as a L{DataStream};
 L{MaildirDelivery} stores it in a Maildir.  C{smtphooks.testing} drives
 sessions in memory to test hooks; C{smtphooks.metrics} exports Prometheus
-metrics; C{twistd smtphooks} runs a complete server from the command line.
+metrics; C{smtphooks.reactor} is a leaner epoll reactor for Linux;
+C{twistd smtphooks} runs a complete server from the command line.
 """
 
 from ._auth import AuthRequest, AuthResponse

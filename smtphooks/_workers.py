@@ -13,7 +13,9 @@ C{SO_REUSEPORT} socket of a group on the same address instead, and the
 kernel spreads connections over them by address.  Each
 worker parses the same command line as the master, so it has the same
 options, hooks, TLS certificates, users file and Maildir, and builds its own
-L{smtphooks.SMTPServer} (and TLS contexts) from them.
+L{smtphooks.SMTPServer} (and TLS contexts) from them.  It runs on the
+master's kind of reactor: the one C{twistd --reactor} named, or by default
+L{smtphooks.reactor.LeanEPollReactor} (on Linux).
 
 The master:
 
@@ -62,7 +64,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._proxy import split_haproxy
-from .tap import Options, SMTPService
+from .tap import Options, SMTPService, _install_default_reactor
 
 __all__ = [
     "HEALTHY_UPTIME",
@@ -333,6 +335,8 @@ class WorkersService(SMTPService):
         self._listeners: list[tuple[list[int], str, str]] = []
         self._reuse_port = self.count if options["reuse-port"] else 0
         self._env: dict[str, str] = {}
+        #: The C{--reactor} name of the master's reactor, for the workers.
+        self._reactor_name: str | None = None
 
     # Sockets
 
@@ -393,6 +397,7 @@ class WorkersService(SMTPService):
         """
         super().startService()
         self._env = _worker_environment(self._metrics_dir)
+        self._reactor_name = reactor_name(self._reactor)
         self._reactor.callWhenRunning(self._start_all)
 
     def _start_all(self) -> None:
@@ -410,7 +415,12 @@ class WorkersService(SMTPService):
         for index, (fds, family, name) in enumerate(self._listeners):
             child_fds[FIRST_FD + index] = fds[(number - 1) % len(fds)]
             listeners.append({"fd": FIRST_FD + index, "family": family, "description": name})
-        config = {"worker": number, "options": self._argv, "listeners": listeners}
+        config = {
+            "worker": number,
+            "options": self._argv,
+            "listeners": listeners,
+            "reactor": self._reactor_name,
+        }
         worker = _WorkerProcess(
             self, number, json.dumps(config).encode() + b"\n", self._reactor.seconds()
         )
@@ -539,6 +549,42 @@ class WorkersService(SMTPService):
             return DeferredList(closing)
 
         return ended.addCallback(finished).addCallback(lambda _: None)
+
+
+def reactor_name(reactor: object) -> str | None:
+    """
+    The name that C{twistd --reactor} knows a reactor by: that of the
+    reactor plugin whose module defines its class (C{"epoll"} for
+    Twisted's C{EPollReactor}, C{"smtphooks-epoll"} for
+    L{smtphooks.reactor.LeanEPollReactor}).
+
+    @return: the name, or L{None} when no plugin installs that class.
+    """
+    from twisted.application.reactors import getReactorTypes
+
+    module = type(reactor).__module__
+    for installer in getReactorTypes():
+        if getattr(installer, "moduleName", None) == module:
+            name: str = installer.shortName
+            return name
+    return None
+
+
+def install_reactor(name: str | None) -> None:
+    """
+    Install a worker's reactor, before anything imports the global one:
+    the one the master runs on (C{name}, as L{reactor_name} gave it), or
+    without a name the one C{twistd smtphooks} uses by default.
+
+    @raise twisted.application.reactors.NoSuchReactor: for an unknown name.
+    @raise Exception: whatever installing that reactor raises.
+    """
+    if name is None:
+        _install_default_reactor()
+    else:
+        from twisted.application.reactors import installReactor
+
+        installReactor(name)
 
 
 # -- a worker -----------------------------------------------------------------
@@ -729,6 +775,11 @@ def main() -> int:
         sys.stderr.write("smtphooks worker: no configuration on standard input\n")
         return 2
     number = int(config["worker"])
+    try:
+        install_reactor(config.get("reactor"))
+    except Exception as e:
+        sys.stderr.write(f"smtphooks worker {number}: cannot install the reactor: {e}\n")
+        return 2
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner
     from twisted.python import usage
@@ -761,7 +812,11 @@ def main() -> int:
     reactor.addReader(watch)
     # When the reactor stops it disconnects every reader: that is no news.
     reactor.addSystemEventTrigger("before", "shutdown", reactor.removeReader, watch)
-    log.info("worker {number} ready", number=number)
+    log.info(
+        "worker {number} ready (reactor {reactor})",
+        number=number,
+        reactor=f"{type(reactor).__module__}.{type(reactor).__qualname__}",
+    )
     reactor.run()
     return 0
 

@@ -4,7 +4,8 @@ The twistd plugin's glue: L{Options} (the command line) and L{makeService}.
 C{twistd -n smtphooks} runs a receiving server on
 C{tcp:2525:interface=127.0.0.1} that delivers every message to
 C{./Maildir}; see the operations guide (C{docs/operations.md}) for the
-options.
+options.  Without C{twistd --reactor}, it runs on
+L{smtphooks.reactor.LeanEPollReactor} on Linux.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import inspect
 import math
 import os
 import re
+import select
 import socket
 import sys
 from typing import Any, Callable, NoReturn, Sequence, TextIO
@@ -209,6 +211,25 @@ class AuthUsers:
             return None
 
         return d.addCallback(decide)
+
+
+# -- the reactor --------------------------------------------------------------
+
+
+def _install_default_reactor() -> None:
+    """
+    Install L{smtphooks.reactor.LeanEPollReactor} as the global reactor, on
+    Linux, when no reactor is installed yet.  Elsewhere, or once a reactor
+    is installed (C{twistd --reactor NAME} installs it before the plugin's
+    options are parsed), do nothing.
+    """
+    if "twisted.internet.reactor" in sys.modules:
+        return
+    if not sys.platform.startswith("linux") or not hasattr(select, "epoll"):
+        return
+    from .reactor import install
+
+    install()
 
 
 # -- option parsing -----------------------------------------------------------
@@ -429,7 +450,9 @@ class Options(usage.Options):
     def __init__(self, reactor: Any = None) -> None:
         """
         @param reactor: the reactor the server will run on (default: the
-            global one, looked up when the options are checked).
+            global one, looked up when the options are checked; if none is
+            installed by then, on Linux, a
+            L{smtphooks.reactor.LeanEPollReactor} is installed first).
         """
         super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
@@ -509,6 +532,10 @@ class Options(usage.Options):
 
     def _get_reactor(self) -> Any:
         if self._reactor is None:
+            # twistd and twist install a reactor before this point only when
+            # given --reactor; otherwise this is the first import of the
+            # global reactor, and it can still be chosen.
+            _install_default_reactor()
             from twisted.internet import reactor
 
             self._reactor = reactor

@@ -80,7 +80,7 @@ class BuildTests(TestCase):
         html = out / "html"
         for page in [
             "index", "quickstart", "hooks", "datastream", "migration", "testing",
-            "api/index", "api/server", "api/session", "api/data", "api/testing",
+            "api/index", "api/server", "api/session", "api/data", "api/testing", "api/reactor",
         ]:  # fmt: skip
             self.assertTrue((html / f"{page}.html").is_file(), page)
 
@@ -89,7 +89,7 @@ class BuildTests(TestCase):
         self.assertIn('id="smtphooks.SMTPServer.listen"', server)
         self.assertIn("Parameters", server)
         self.assertIn("Raises", server)
-        for page in ("server", "session", "data", "testing"):
+        for page in ("server", "session", "data", "testing", "reactor"):
             text = re.sub(r"<[^>]+>", "", (html / "api" / f"{page}.html").read_text("utf-8"))
             for raw in ("L{", "C{", "@param", "@return", "@raise", "@ivar", "InterfaceClass"):
                 self.assertNotIn(raw, text, f"api/{page}.html shows {raw!r} as it is")

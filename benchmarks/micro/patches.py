@@ -44,7 +44,11 @@ patches is no longer in the engine. None of this is used by smtphooks itself.
           log.callWithLogger, which builds and pushes a logging context per
           event (~15% of the Python time in the persistent scenario); log
           events emitted while handling I/O then lack the legacy "system"
-          prefix. Measures what a leaner reactor subclass would give
+          prefix. Measures what a leaner reactor subclass would give; that
+          subclass is now smtphooks.reactor.LeanEPollReactor, which the sink
+          runs on unless given --default-reactor (run.py's
+          smtphooks-default-reactor), so this patch only changes anything
+          together with --default-reactor
   all     hooks + stream + parse + idle + scan + slots (the protocol-only
           changes; "idle" is only a model of the saving, so the test suite is
           run without it: see check_patches.py)

@@ -2,7 +2,7 @@
 smtphooks sink for the benchmark (started by ../run.py).
 
 Usage: smtphooks_sink.py PORT [--consume async-for|read|pipe] [--hooks sync|async]
-                              [--size BYTES] [--profile FILE]
+                              [--size BYTES] [--profile FILE] [--default-reactor]
 
 The full feature path, as a real receiving server would run it: every
 envelope hook is set (on_connect, on_mail_from, on_rcpt_to, on_close, each
@@ -20,6 +20,13 @@ peers.
 --patch NAME[,NAME] applies candidate engine changes from ../micro/patches.py
 (monkeypatches, for measuring them before the engine is edited).
 
+The sink runs on smtphooks.reactor.LeanEPollReactor, installed before
+anything imports twisted.internet.reactor, as docs/operations.md ("The
+reactor") tells a program to do, and as `twistd smtphooks` does by default;
+--default-reactor runs it on Twisted's default reactor instead (the patch
+"reactor" only changes that one).  The reactor's class is printed as
+reactor=... in the "bench-adapter" line.
+
 Prints "bench-adapter smtphooks ..." once listening and
 "BENCH messages=N bytes=B" when SIGTERM/SIGINT stops the reactor.
 --profile FILE runs the reactor under cProfile and dumps the stats there.
@@ -34,7 +41,6 @@ import sys
 
 import smtphooks
 from smtphooks import SMTPError, SMTPServer
-from twisted.internet import reactor
 from twisted.internet.interfaces import IConsumer
 from twisted.logger import (
     FilteringLogObserver,
@@ -189,7 +195,20 @@ def main():
     p.add_argument("--tracemalloc", metavar="FILE",
                    help="on SIGUSR1: first a baseline snapshot, then the growth since it, "
                    "per live connection, to FILE (start with PYTHONTRACEMALLOC=1)")
+    p.add_argument("--default-reactor", action="store_true",
+                   help="run on Twisted's default reactor, not smtphooks.reactor's")
     a = p.parse_args()
+
+    # Choose the reactor before anything imports twisted.internet.reactor.
+    if not a.default_reactor:
+        try:
+            from smtphooks.reactor import install
+        except ImportError as e:  # no epoll, or an smtphooks without the module
+            print(f"smtphooks.reactor unavailable ({e}); using the default reactor",
+                  file=sys.stderr, flush=True)
+        else:
+            install()
+    from twisted.internet import reactor
 
     globalLogBeginner.beginLoggingTo(
         [FilteringLogObserver(textFileLogObserver(sys.stderr),
