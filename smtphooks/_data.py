@@ -290,6 +290,23 @@ class DataStream:
         if self._queued > HIGH_WATER:
             self._pause_source()
 
+    def _write_last(self, chunk: bytes) -> None:
+        """
+        The last bytes of the body and its end, together (for the server,
+        when one read holds both): a reader waiting for a chunk gets these
+        bytes and then finds the end at once, without waiting a second time.
+        """
+        waiter = self._waiter
+        if waiter is None or not chunk or self._ended or self._discarding:
+            self.write(chunk)
+            self.end()
+            return
+        self.byte_length += len(chunk)
+        self._ended = True
+        self._resume_source()
+        self._waiter = None
+        waiter.callback(chunk)
+
     def end(self, size_exceeded: bool = False) -> None:
         """
         Mark the end of the body (for the server, and for tests).

@@ -1139,10 +1139,10 @@ class SMTPProtocol(Protocol):
         if self._phase == _COMMAND and self._bdat_last:
             self._finish_data()
 
-    def _body(self, body: bytes) -> None:
+    def _body(self, body: bytes, last: bool = False) -> None:
         """
         Bytes of the message body, dot-unstuffed: into the stream, or
-        dropped once the size limit is passed.
+        dropped once the size limit is passed.  C{last}: they end the body.
         """
         if self._over_limit:
             return
@@ -1153,7 +1153,10 @@ class SMTPProtocol(Protocol):
             self._over_limit = True
             stream.end(size_exceeded=True)
         elif not stream.ended:
-            stream.write(body)
+            if last:
+                stream._write_last(body)
+            else:
+                stream.write(body)
 
     def _process_data(self) -> None:
         scanner = self._scanner
@@ -1161,7 +1164,7 @@ class SMTPProtocol(Protocol):
         body, rest = scanner.feed(self._buffer)
         self._buffer = b""
         if body:
-            self._body(body)
+            self._body(body, rest is not None)
         if rest is not None:
             self._buffer = rest
             self._scanner = None
@@ -1312,7 +1315,7 @@ class SMTPProtocol(Protocol):
             chunk, self._buffer = buf[:take], buf[take:]
         self._bdat_left -= len(chunk)
         if self._bdat_refusal is None and chunk:
-            self._body(chunk)
+            self._body(chunk, self._bdat_left == 0 and self._bdat_last)
         if self._bdat_left == 0:
             self._end_of_chunk()
 
