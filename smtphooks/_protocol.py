@@ -513,6 +513,8 @@ class SMTPProtocol(Protocol):
         finally:
             self._busy = False
             self._flush()
+            if self._phase == _DATA and self._stream is None and not self._lost:
+                self._start_message()
 
     def _process_lines(self) -> None:
         buf = self._buffer
@@ -1113,7 +1115,9 @@ class SMTPProtocol(Protocol):
         self._reply(R.START_DATA)
         self._phase = _DATA
         self._scanner = DataScanner()
-        self._start_message()
+        # The message starts (on_data is called) once the 354 is sent, at
+        # the end of _process, or when body bytes follow in the same read:
+        # the client can send the body meanwhile.
 
     def _start_message(self) -> None:
         """
@@ -1165,6 +1169,8 @@ class SMTPProtocol(Protocol):
                 stream.write(body)
 
     def _process_data(self) -> None:
+        if self._stream is None:
+            self._start_message()
         scanner = self._scanner
         assert scanner is not None
         body, rest = scanner.feed(self._buffer)

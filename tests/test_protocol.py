@@ -981,6 +981,35 @@ class DataTests(SynchronousTestCase):
         self.assertEqual(s.protocol.session.transaction, 2)
         self.assertIsNone(s.protocol.session.envelope.mail_from)
 
+    def test_onDataAfter354(self) -> None:
+        """
+        C{on_data} is called once the C{354} is on its way, so the client can
+        send the body while the hook starts; with the body in the same read
+        as DATA (a client that does not wait), it is called before the body
+        is fed to it.
+        """
+        seen: list[bytes] = []
+        bodies: list[bytes] = []
+
+        async def on_data(stream: DataStream, session: Session) -> None:
+            seen.append(transport.value())
+            bodies.append(await stream.read())
+
+        s = Session_(make_server(on_data=on_data), ehlo=True)
+        transport = s.transport
+        s.line("MAIL FROM:<a@b.example>")
+        s.line("RCPT TO:<c@d.example>")
+        transport.clear()
+        self.assertEqual(s.line("DATA"), START_DATA)
+        self.assertEqual(seen, [START_DATA])
+        self.assertEqual(s.send(b"x\r\n.\r\n"), QUEUED)
+        s.line("MAIL FROM:<a@b.example>")
+        s.line("RCPT TO:<c@d.example>")
+        transport.clear()
+        self.assertEqual(s.send(b"DATA\r\ny\r\n.\r\n"), START_DATA + QUEUED)
+        self.assertEqual(seen[1], b"")
+        self.assertEqual(bodies, [b"x\r\n", b"y\r\n"])
+
     def test_autoDrain(self) -> None:
         """
         A hook that returns at once without reading gets 250 after the end
