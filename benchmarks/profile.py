@@ -157,9 +157,9 @@ def main():
                                    stdout=subprocess.DEVNULL, stderr=open(
                                        os.path.join(outdir, "py-spy.log"), "wb"))
             time.sleep(1.0)
-        cpu0 = bench.cpu_seconds([proc.pid])
+        cpu0 = bench.cpu_seconds(bench.proc_tree(proc.pid))
         if a.scenario == "idle":
-            rss0 = bench.rss_kib([proc.pid])
+            rss0 = bench.rss_kib(bench.proc_tree(proc.pid))
             os.kill(proc.pid, signal.SIGUSR1)  # tracemalloc baseline
             time.sleep(1)
 
@@ -168,14 +168,14 @@ def main():
                     os.kill(proc.pid, signal.SIGUSR1)
                     time.sleep(3)
 
-            r = bench.drive_idle(o, port, [proc.pid], rss0, clog, on_level=level)
+            r = bench.drive_idle(o, port, proc.pid, rss0, clog, on_level=level)
             print(f"idle: {r['figure']:.2f} KiB/conn marginal, {r['avg_kib_per_conn']:.2f} "
                   f"avg (RSS, under tracemalloc), levels {r['levels']}")
         else:
             work, elapsed, ccpu, _ = bench.drive(o, sc, port, n, clog)
+            cpu = bench.cpu_seconds(bench.proc_tree(proc.pid)) - cpu0
             print(f"{a.scenario}: N={n} {work / elapsed:,.1f} {sc.unit} (under the profiler), "
-                  f"server CPU {bench.cpu_seconds([proc.pid]) - cpu0:.2f}s, client CPU "
-                  f"{ccpu:.2f}s")
+                  f"server CPU {cpu:.2f}s, client CPU {ccpu:.2f}s")
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)

@@ -6,6 +6,7 @@ Benchmark smtphooks side by side with other SMTP servers.
     python benchmarks/run.py --scenarios small,idle --repeat 5
     python benchmarks/run.py --consume all              # + smtphooks read()/pipe() sinks
     python benchmarks/run.py --with-node                # + nodemailer smtp-server
+    python benchmarks/run.py --with-go                  # + emersion/go-smtp (compiled anchor)
     python benchmarks/run.py --idle-conns 10000 --scenarios idle
     python benchmarks/run.py --report DIR/results.json  # re-print a run's tables
 
@@ -15,7 +16,9 @@ SIGTERM). For every scenario and repeat the servers run one after another
 (A B C, A B C, ...), each in a fresh process on a fresh loopback port: start,
 wait for 220, one warm-up message, read its CPU time and RSS from /proc,
 drive the load, read CPU time and peak RSS (VmHWM) again, SIGTERM, check the
-message count it printed. Figures are medians over repeats; ratios are
+message count it printed. CPU time and RSS are summed over the server's whole
+process tree (smtphooks-workers2 forks; a wrapper may exec), re-read at every
+sample. Figures are medians over repeats; ratios are
 medians of per-repeat ratios (same repeat, so machine drift cancels).
 
 Load: Postfix's smtp-source when installed (small, persistent, large), else
@@ -113,8 +116,15 @@ VARIANTS = {
     "smtphooks-async": ["--hooks", "async"],
     # Twisted's own EPollReactor instead of smtphooks.reactor's (the sinks' default)
     "smtphooks-default-reactor": ["--default-reactor"],
+    # two forked processes sharing one listening socket (docs/operations.md)
+    "smtphooks-workers2": ["--workers", "2"],
 }
-PEERS = ["aiosmtpd", "twisted-mail", "node-smtp-server", "smtp-sink"]
+PEERS = ["aiosmtpd", "twisted-mail", "node-smtp-server", "go-smtp", "smtp-sink"]
+
+#: go-smtp: Debian's golang-go, golang-github-emersion-go-smtp-dev and
+#: golang-github-emersion-go-sasl-dev (a GOPATH tree; no modules, no network).
+GO_PACKAGES = ("golang-go golang-github-emersion-go-smtp-dev "
+               "golang-github-emersion-go-sasl-dev")
 
 
 class Unavailable(Exception):
@@ -161,10 +171,79 @@ def server_command(name, port, o):
         if o.node_modules:
             env["BENCH_NODE_MODULES"] = o.node_modules
         return [o.node, os.path.join(SINKS, "node_sink.js"), str(port)], env
+    if name == "go-smtp":
+        return [build_go_sink(o), str(port)], env
     if name == "smtp-sink":
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
         return [o.smtp_sink, *user, "-m", "16384", f"{HOST}:{port}", "511"], env
     raise Unavailable(f"unknown server {name!r}")
+
+
+def build_go_sink(o):
+    """The go-smtp sink's binary, built on first use into o.go_cache.
+
+    GOPATH mode (GO111MODULE=off, GOPATH=o.gopath, default /usr/share/gocode
+    where Debian's -dev packages put the sources), CGO_ENABLED=0, no module
+    proxy. The binary's name carries a hash of the source, `go version` and
+    the package version, so an edit or an upgrade rebuilds; the build cache
+    lives beside it. Raises Unavailable when Go or the packages are missing.
+    """
+    if getattr(o, "go_binary", None):
+        return o.go_binary
+    hint = (f"needs Go and emersion/go-smtp + go-sasl in {o.gopath}/src (Debian: apt-get "
+            f"install {GO_PACKAGES}; or set BENCH_GOPATH)")
+    go = shutil.which("go")
+    if not go:
+        raise Unavailable("go not found; " + hint)
+    missing = [m for m in ("go-smtp", "go-sasl")
+               if not os.path.isdir(os.path.join(o.gopath, "src", "github.com", "emersion", m))]
+    if missing:
+        raise Unavailable(f"{', '.join(missing)} not found; " + hint)
+    import hashlib
+
+    src = os.path.join(SINKS, "go_smtp_sink.go")
+    env = dict(os.environ, GO111MODULE="off", GOPATH=o.gopath, GOFLAGS="", CGO_ENABLED="0",
+               GOPROXY="off", GOCACHE=os.path.join(o.go_cache, "gocache"))
+    try:
+        version = subprocess.run([go, "version"], capture_output=True, text=True, timeout=60,
+                                 env=env, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        raise Unavailable(f"go version failed: {e}") from None
+    pkg = os.environ.get("BENCH_GO_SMTP_VERSION")
+    if not pkg:
+        try:
+            pkg = subprocess.run(["dpkg-query", "-W", "-f=${Version}",
+                                  "golang-github-emersion-go-smtp-dev"], capture_output=True,
+                                 text=True, timeout=30, check=False).stdout.strip()
+        except OSError:
+            pkg = ""
+        pkg = pkg.rsplit("-", 1)[0] if "-" in pkg else pkg  # 0.12.1-1 -> 0.12.1
+    pkg = pkg or "unknown"
+    with open(src, "rb") as f:
+        key = hashlib.sha256(f.read() + f"\0{version}\0{pkg} {o.gopath}".encode())
+    binary = os.path.join(o.go_cache, "go-smtp-sink-" + key.hexdigest()[:16])
+    if not os.access(binary, os.X_OK):
+        os.makedirs(o.go_cache, exist_ok=True)
+        tmp = f"{binary}.tmp.{os.getpid()}"
+        print(f"building the go-smtp sink ({version}, go-smtp {pkg}) -> {binary}",
+              file=sys.stderr, flush=True)
+        try:
+            r = subprocess.run([go, "build", "-o", tmp, "-ldflags",
+                                f"-X main.goSMTPVersion={pkg}", src], capture_output=True,
+                               text=True, timeout=600, env=env, check=False)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise Unavailable(f"go build failed: {e}") from None
+        if r.returncode:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            last = "; ".join((r.stderr or r.stdout).strip().splitlines()[-5:])
+            raise Unavailable(f"go build of {src} failed (GO111MODULE=off GOPATH={o.gopath}): "
+                              f"{last}")
+        os.replace(tmp, binary)
+    o.go_binary = binary
+    return binary
 
 
 def check_available(name, o):
@@ -198,6 +277,8 @@ def check_available(name, o):
         if not any(os.path.isdir(os.path.join(p, "smtp-server")) for p in where):
             raise Unavailable("smtp-server not found: npm install --prefix /tmp/peers "
                               "smtp-server@3 and set BENCH_NODE_MODULES=/tmp/peers/node_modules")
+    elif name == "go-smtp":
+        build_go_sink(o)
     elif name == "smtp-sink":
         if not (o.smtp_sink and os.access(o.smtp_sink, os.X_OK)):
             raise Unavailable("smtp-sink not found (Debian package postfix)")
@@ -467,16 +548,17 @@ def calibrate(o, sc, server, logs):
     return max(lo, min(hi, int(target))), pilot
 
 
-def settled_rss(pids, settle):
+def settled_rss(root, settle):
+    """Median RSS of ROOT's process tree (walked again at every sample)."""
     time.sleep(settle)
     samples = []
     for _ in range(5):
-        samples.append(rss_kib(pids))
+        samples.append(rss_kib(proc_tree(root)))
         time.sleep(0.1)
     return statistics.median(samples)
 
 
-def drive_idle(o, port, pids, rss0, log_path, on_level=None):
+def drive_idle(o, port, root, rss0, log_path, on_level=None):
     """The idle scenario: RSS at every batch level; the figure is the last slope."""
     argv = [sys.executable, os.path.join(CLIENTS, "idle.py"), "--port", str(port),
             "--conns", str(o.idle_conns), "--concurrency", str(o.idle_concurrency),
@@ -509,7 +591,7 @@ def drive_idle(o, port, pids, rss0, log_path, on_level=None):
                     if line.startswith("LEVEL "):
                         kv = dict(x.split("=", 1) for x in line.split()[2:])
                         served = int(kv["served"])
-                        levels.append((served, settled_rss(pids, o.idle_settle)))
+                        levels.append((served, settled_rss(root, o.idle_settle)))
                         if on_level is not None:
                             on_level(int(line.split()[1]), served)
                         proc.stdin.write(b"next\n")
@@ -552,7 +634,7 @@ def one_run(o, sc, server, n, rep, logs):
         sys0 = cpu_seconds(pids, kernel_only=True)
         rec["rss_base_kib"] = rss0
         if sc.name == "idle":
-            rec.update(drive_idle(o, port, pids, rss0, clog))
+            rec.update(drive_idle(o, port, proc.pid, rss0, clog))
             expected = 0
             if rec["served"] < n:
                 rec["note"] = f"served {rec['served']}/{n}"
@@ -746,7 +828,8 @@ def report(meta):
     out.append("Ratios are medians over repeats of (smtphooks ÷ peer) within one repeat. "
                "srv CPU s = server CPU time (user+sys, /proc/PID/stat) during the drive, "
                "'of it kernel' its system-time share; "
-               "peak RSS = VmHWM over the server's life.")
+               "peak RSS = VmHWM over the server's life; CPU and RSS figures are sums over "
+               "all processes of a server (its process tree).")
     return "\n".join(out)
 
 
@@ -812,6 +895,9 @@ def parse_args(argv=None):
                    help="smtphooks size option (enforced, advertised); default 50 MiB")
     p.add_argument("--with-node", action="store_true",
                    help="add nodemailer smtp-server (needs node and BENCH_NODE_MODULES)")
+    p.add_argument("--with-go", action="store_true",
+                   help="add emersion/go-smtp, the compiled anchor (built on first use; "
+                   "needs Debian's " + GO_PACKAGES + ")")
     p.add_argument("--with-smtp-sink", action="store_true",
                    help="add Postfix smtp-sink, the C reference")
     p.add_argument("--python", default=sys.executable,
@@ -858,6 +944,9 @@ def parse_args(argv=None):
     o.smtphooks_python = o.smtphooks_python or o.python
     o.node = shutil.which("node")
     o.node_modules = os.environ.get("BENCH_NODE_MODULES")
+    o.gopath = os.environ.get("BENCH_GOPATH") or "/usr/share/gocode"
+    o.go_cache = os.environ.get("BENCH_GO_CACHE") or f"/tmp/smtphooks-bench-go-{os.getuid()}"
+    o.go_binary = None
     o.fixed = {}
     for spec in o.n:
         try:
@@ -890,6 +979,8 @@ def main(argv=None):
             servers.insert(1, "smtphooks-async")
         if o.with_node:
             servers.append("node-smtp-server")
+        if o.with_go:
+            servers.append("go-smtp")
         if o.with_smtp_sink:
             servers.append("smtp-sink")
     if o.client == "auto":

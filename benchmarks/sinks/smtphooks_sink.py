@@ -3,6 +3,7 @@ smtphooks sink for the benchmark (started by ../run.py).
 
 Usage: smtphooks_sink.py PORT [--consume async-for|read|pipe] [--hooks sync|async]
                               [--size BYTES] [--profile FILE] [--default-reactor]
+                              [--workers N]
 
 The full feature path, as a real receiving server would run it: every
 envelope hook is set (on_connect, on_mail_from, on_rcpt_to, on_close, each
@@ -30,6 +31,21 @@ reactor=... in the "bench-adapter" line.
 Prints "bench-adapter smtphooks ..." once listening and
 "BENCH messages=N bytes=B" when SIGTERM/SIGINT stops the reactor.
 --profile FILE runs the reactor under cProfile and dumps the stats there.
+
+--workers N serves the port from N forked processes, as docs/operations.md
+("Several processes", "The same in your own program") tells a program to:
+the parent listens once (127.0.0.1:PORT, backlog 511) and never imports the
+reactor; each child installs its own reactor (smtphooks.reactor unless
+--default-reactor), builds the same server (same hooks, same options) and
+adopts the socket with AdoptedStreamServerEndpoint; the kernel gives each
+connection to the child that accepts it first.  Children report "ready" and,
+when they stop, their counts to the parent over a pipe.  The parent prints
+the "bench-adapter" line (with workers=N) once every child is listening; on
+SIGTERM/SIGINT it passes SIGTERM on to the children (SIGKILL after
+STOP_GRACE seconds), waits for them, and prints ONE "BENCH messages=N
+bytes=B ..." line with the sums over the children (per_worker=a/b/...
+shows how the messages were spread).  --profile FILE and --tracemalloc FILE
+write FILE.1, FILE.2, ... (one per child; the parent passes SIGUSR1 on).
 """
 
 from __future__ import annotations
@@ -37,7 +53,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import signal
+import socket
 import sys
+import traceback
 
 import smtphooks
 from smtphooks import SMTPError, SMTPServer
@@ -53,6 +72,10 @@ from zope.interface import implementer
 
 stats = {"messages": 0, "bytes": 0, "connections": 0, "closed": 0, "rcpts": 0}
 REJECT_DOMAIN = "reject.invalid"
+HOST = "127.0.0.1"
+#: --workers: seconds the parent gives its children to stop before SIGKILL
+#: (run.py kills the whole process group after 10 s).
+STOP_GRACE = 7
 
 
 # -- envelope hooks: cheap, but real work (a policy check each) -------------
@@ -184,7 +207,7 @@ def watch_memory(server, path):
     signal.signal(signal.SIGUSR1, snap)
 
 
-def main():
+def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     p.add_argument("port", type=int)
     p.add_argument("--consume", choices=sorted(CONSUMERS), default="async-for")
@@ -197,9 +220,16 @@ def main():
                    "per live connection, to FILE (start with PYTHONTRACEMALLOC=1)")
     p.add_argument("--default-reactor", action="store_true",
                    help="run on Twisted's default reactor, not smtphooks.reactor's")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="serve the port from N forked processes (default: this one)")
     a = p.parse_args()
+    if a.workers < 0:
+        p.error("--workers wants N >= 1")
+    return a
 
-    # Choose the reactor before anything imports twisted.internet.reactor.
+
+def install_reactor(a):
+    """The reactor of this process: chosen before anything imports it."""
     if not a.default_reactor:
         try:
             from smtphooks.reactor import install
@@ -210,6 +240,11 @@ def main():
             install()
     from twisted.internet import reactor
 
+    return reactor
+
+
+def make_server(a, tracemalloc_path=None):
+    """Logging at "warn", the --patch changes, and the sink's SMTPServer."""
     globalLogBeginner.beginLoggingTo(
         [FilteringLogObserver(textFileLogObserver(sys.stderr),
                               [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)])],
@@ -236,36 +271,206 @@ def main():
         auth_optional=True,
         **hooks,
     )
+    if tracemalloc_path:
+        watch_memory(server, tracemalloc_path)
+    return server
 
-    if a.tracemalloc:
-        watch_memory(server, a.tracemalloc)
+
+def adapter_line(a, reactor_name, extra=""):
+    return (f"bench-adapter smtphooks {smtphooks.__version__} src={package_fingerprint()} "
+            f"from={os.path.dirname(os.path.dirname(smtphooks.__file__))} "
+            f"python {sys.version.split()[0]} reactor={reactor_name} "
+            f"consume={a.consume} hooks={a.hooks} size={a.size} "
+            f"{'patch=' + a.patch + ' ' if a.patch else ''}{extra}port={a.port}")
+
+
+def run_reactor(reactor, profile):
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.runcall(reactor.run)
+        prof.dump_stats(profile)
+    else:
+        reactor.run()  # SIGTERM / SIGINT stop the reactor
+
+
+def stats_text():
+    return (f"messages={stats['messages']} bytes={stats['bytes']} "
+            f"connections={stats['connections']} closed={stats['closed']} "
+            f"rcpts={stats['rcpts']}")
+
+
+def main():
+    a = parse_args()
+    if a.workers:
+        sys.exit(run_workers(a))
+
+    # Choose the reactor before anything imports twisted.internet.reactor.
+    reactor = install_reactor(a)
+    server = make_server(a, a.tracemalloc)
 
     def listening(port):
-        print(f"bench-adapter smtphooks {smtphooks.__version__} src={package_fingerprint()} "
-              f"from={os.path.dirname(os.path.dirname(smtphooks.__file__))} "
-              f"python {sys.version.split()[0]} reactor={type(reactor).__name__} "
-              f"consume={a.consume} hooks={a.hooks} size={a.size} "
-              f"{'patch=' + a.patch + ' ' if a.patch else ''}port={a.port}", flush=True)
+        print(adapter_line(a, type(reactor).__name__), flush=True)
 
     def failed(f):
         print(f"listen failed: {f.getErrorMessage()}", file=sys.stderr, flush=True)
         reactor.stop()
 
     reactor.callWhenRunning(
-        lambda: server.listen(f"tcp:{a.port}:interface=127.0.0.1:backlog=511")
+        lambda: server.listen(f"tcp:{a.port}:interface={HOST}:backlog=511")
         .addCallbacks(listening, failed))
-    if a.profile:
-        import cProfile
-
-        prof = cProfile.Profile()
-        prof.runcall(reactor.run)
-        prof.dump_stats(a.profile)
-    else:
-        reactor.run()  # SIGTERM / SIGINT stop the reactor
-    print(f"BENCH messages={stats['messages']} bytes={stats['bytes']} "
-          f"connections={stats['connections']} closed={stats['closed']} rcpts={stats['rcpts']}",
-          flush=True)
+    run_reactor(reactor, a.profile)
+    print(f"BENCH {stats_text()}", flush=True)
     os._exit(0)  # do not wait for idle sessions
+
+
+# -- --workers N: one listening socket, N forked processes --------------------
+
+
+def worker(a, number, fd, report):
+    """
+    One child: its own reactor and server; adopt the inherited listening
+    socket FD; write "ready" and, once stopped, its counts to REPORT (a pipe
+    to the parent; each line is one write below PIPE_BUF, so atomic).
+    """
+    reactor = install_reactor(a)
+    from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+
+    server = make_server(a, a.tracemalloc and f"{a.tracemalloc}.{number}")
+    # The endpoint makes the socket non-blocking, adopts a copy and closes fd.
+    endpoint = AdoptedStreamServerEndpoint(reactor, fd, socket.AF_INET)
+    stopping = []
+
+    def stop(signum, frame):
+        # SIGTERM may come twice (from the parent, and from whoever signalled
+        # the whole process group, as run.py does): stop once, or the second
+        # reactor.stop() would log ReactorNotRunning.
+        if not stopping:
+            stopping.append(signum)
+            reactor.callFromThread(reactor.stop)
+
+    def listening(port):
+        os.write(report, f"ready {number} pid={os.getpid()} "
+                         f"reactor={type(reactor).__name__}\n".encode())
+
+    def failed(f):
+        print(f"worker {number}: adopting the socket failed: {f.getErrorMessage()}",
+              file=sys.stderr, flush=True)
+        reactor.stop()
+
+    def started():
+        # Twisted's handlers are in place by now (callWhenRunning runs after
+        # them); replace the SIGTERM / SIGINT ones with the idempotent stop.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, stop)
+        server.listen(endpoint).addCallbacks(listening, failed)
+
+    reactor.callWhenRunning(started)
+    run_reactor(reactor, a.profile and f"{a.profile}.{number}")
+    os.write(report, f"stats {number} {stats_text()}\n".encode())
+    return 0
+
+
+def run_workers(a):
+    """The parent of --workers: listen, fork, relay signals, sum the counts."""
+    if "twisted.internet.reactor" in sys.modules:  # each child needs its own
+        raise RuntimeError("the reactor was imported before the fork")
+    listener = socket.create_server((HOST, a.port), backlog=511)
+    readable, report = os.pipe()
+    relayed = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGUSR1] if a.tracemalloc else [])
+    # No signal between the first fork and our handlers: until then they wait.
+    signal.pthread_sigmask(signal.SIG_BLOCK, relayed)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    children = {}  # pid: worker number
+    for number in range(1, a.workers + 1):
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                os.close(readable)
+                for sig in relayed:
+                    signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT
+                                  else signal.default_int_handler)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, relayed)
+                # detach(): the child's socket object must not close the
+                # descriptor again once the endpoint has closed it.
+                code = worker(a, number, listener.detach(), report)
+            except BaseException:  # noqa: BLE001 - a child never returns into the parent
+                traceback.print_exc()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+        children[pid] = number
+    os.close(report)  # EOF on `readable` once every child has exited
+    listener.close()  # only the children accept
+
+    stopping = []
+
+    def kill_all(sig):
+        for pid in children:  # unreaped until the end: no pid can be reused
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def on_signal(signum, frame):
+        if signum == getattr(signal, "SIGUSR1", None):
+            kill_all(signal.SIGUSR1)
+        elif not stopping:
+            stopping.append(signum)
+            kill_all(signal.SIGTERM)
+            signal.alarm(STOP_GRACE)
+
+    def overdue(signum, frame):
+        print(f"workers still running {STOP_GRACE} s after SIGTERM: killed",
+              file=sys.stderr, flush=True)
+        kill_all(signal.SIGKILL)
+
+    for sig in relayed:
+        signal.signal(sig, on_signal)
+    signal.signal(signal.SIGALRM, overdue)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, relayed)
+
+    ready, totals, pending = {}, {}, b""
+    while True:
+        chunk = os.read(readable, 65536)  # retried after a signal handler (PEP 475)
+        if not chunk:
+            break
+        pending += chunk
+        while b"\n" in pending:
+            raw, pending = pending.split(b"\n", 1)
+            kind, number, *rest = raw.decode().split()
+            fields = dict(kv.split("=", 1) for kv in rest)
+            if kind == "ready":
+                ready[int(number)] = fields
+                if len(ready) == a.workers:
+                    reactors = sorted({f["reactor"] for f in ready.values()})
+                    pids = ",".join(ready[n]["pid"] for n in sorted(ready))
+                    print(adapter_line(a, "/".join(reactors),
+                                       f"workers={a.workers} worker_pids={pids} "),
+                          flush=True)
+            elif kind == "stats":
+                totals[int(number)] = {k: int(v) for k, v in fields.items()}
+    signal.alarm(0)
+    failed = 0
+    for pid, number in children.items():
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code or number not in totals:
+            failed += 1
+            print(f"worker {number} (pid {pid}) exited with {code}"
+                  f"{'' if number in totals else ', no counts'}"
+                  f"{'' if number in ready else ', never listening'}",
+                  file=sys.stderr, flush=True)
+    keys = list(stats)
+    summed = {k: sum(t.get(k, 0) for t in totals.values()) for k in keys}
+    spread = "/".join(str(totals.get(n, {}).get("messages", "?"))
+                      for n in range(1, a.workers + 1))
+    print("BENCH " + " ".join(f"{k}={summed[k]}" for k in keys)
+          + f" workers={a.workers} per_worker={spread}", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
