@@ -117,7 +117,7 @@ VARIANTS = {
     # Twisted's own EPollReactor instead of smtphooks.reactor's (the sinks' default)
     "smtphooks-default-reactor": ["--default-reactor"],
     # two forked processes sharing one listening socket (docs/operations.md)
-    "smtphooks-workers2": ["--workers", "2"],
+    "smtphooks-workers2": ["--workers", "2", "--reuse-port"],
 }
 PEERS = ["aiosmtpd", "twisted-mail", "node-smtp-server", "go-smtp", "smtp-sink"]
 

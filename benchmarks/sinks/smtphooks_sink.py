@@ -46,6 +46,10 @@ STOP_GRACE seconds), waits for them, and prints ONE "BENCH messages=N
 bytes=B ..." line with the sums over the children (per_worker=a/b/...
 shows how the messages were spread).  --profile FILE and --tracemalloc FILE
 write FILE.1, FILE.2, ... (one per child; the parent passes SIGUSR1 on).
+With --reuse-port, the parent opens one SO_REUSEPORT socket per child on the
+same port instead (as twistd smtphooks --workers N --reuse-port does), and
+the kernel spreads the connections over them by address, so that 20
+connections opened at once do not all land on the child that woke first.
 """
 
 from __future__ import annotations
@@ -222,6 +226,8 @@ def parse_args():
                    help="run on Twisted's default reactor, not smtphooks.reactor's")
     p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="serve the port from N forked processes (default: this one)")
+    p.add_argument("--reuse-port", action="store_true",
+                   help="with --workers: one SO_REUSEPORT socket per child")
     a = p.parse_args()
     if a.workers < 0:
         p.error("--workers wants N >= 1")
@@ -376,7 +382,11 @@ def run_workers(a):
     """The parent of --workers: listen, fork, relay signals, sum the counts."""
     if "twisted.internet.reactor" in sys.modules:  # each child needs its own
         raise RuntimeError("the reactor was imported before the fork")
-    listener = socket.create_server((HOST, a.port), backlog=511)
+    if a.reuse_port:
+        listeners = [socket.create_server((HOST, a.port), backlog=511, reuse_port=True)
+                     for _ in range(a.workers)]
+    else:
+        listeners = [socket.create_server((HOST, a.port), backlog=511)] * a.workers
     readable, report = os.pipe()
     relayed = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGUSR1] if a.tracemalloc else [])
     # No signal between the first fork and our handlers: until then they wait.
@@ -396,7 +406,10 @@ def run_workers(a):
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, relayed)
                 # detach(): the child's socket object must not close the
                 # descriptor again once the endpoint has closed it.
-                code = worker(a, number, listener.detach(), report)
+                mine = listeners[number - 1]
+                for other in set(listeners) - {mine}:
+                    other.close()
+                code = worker(a, number, mine.detach(), report)
             except BaseException:  # noqa: BLE001 - a child never returns into the parent
                 traceback.print_exc()
                 sys.stderr.flush()
@@ -404,7 +417,8 @@ def run_workers(a):
                 os._exit(code)
         children[pid] = number
     os.close(report)  # EOF on `readable` once every child has exited
-    listener.close()  # only the children accept
+    for listener in set(listeners):
+        listener.close()  # only the children accept
 
     stopping = []
 
