@@ -18,7 +18,7 @@ import sys
 import urllib.request
 from typing import Any, Callable
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
@@ -737,63 +737,186 @@ class WorkersTwistdTests(TwistdTestCase):
 
 class PreforkRecipeTests(TestCase):
     """
-    The recipe of the operations guide for programs (fork, then adopt the
-    socket in each child) runs as written.
+    The recipe of the operations guide for programs (listen, fork, each child
+    adopts the socket) runs as written, with two workers, as the leader of its
+    own process group (as under systemd).
     """
 
     timeout = 120
 
     def recipe(self) -> str:
+        """
+        The recipe's text, with two workers whatever the number of CPUs.
+        """
         with open(os.path.join(ROOT, "docs", "operations.md"), encoding="utf-8") as f:
             guide = f.read()
         match = re.search(r"```python\n(# prefork\.py.*?)```", guide, re.S)
         assert match is not None, "no prefork.py example in docs/operations.md"
-        return match.group(1)
+        workers = "WORKERS = os.cpu_count() or 1"
+        assert workers in match.group(1), f"the recipe no longer says {workers!r}"
+        return match.group(1).replace(workers, "WORKERS = 2")
 
-    async def test_prefork(self) -> None:
+    async def start(self) -> tuple[ServerProcess, int, int, list[int]]:
         """
-        The example serves one port from several processes, delivers to
-        its Maildir, and stops (draining) on SIGTERM with exit status 0.
+        Run the recipe in a new session (so in a process group of its own) in
+        C{self.workdir}, and wait until it accepts and has forked both
+        workers.
+
+        @return: the process, its pid (also its process group), its port and
+            the workers' pids.
         """
-        workdir = os.path.abspath(self.mktemp())
+        self.workdir = workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
         script = os.path.join(workdir, "prefork.py")
         with open(script, "w", encoding="utf-8") as f:
             f.write(self.recipe())
         port = free_port()
         process = ServerProcess()
-        _reactor().spawnProcess(
-            process, sys.executable, [sys.executable, script, str(port)],
+        pid = _reactor().spawnProcess(
+            process, sys.executable, [sys.executable, "-c", SETSID, script, str(port)],
             env=_environment(workdir), path=workdir,
+        ).pid
+        self.addCleanup(self.kill_group, process, pid)
+        await poll_until(lambda: accepting(port) and len(children_of(pid)) == 2, STARTUP)
+        return process, pid, port, sorted(children_of(pid))
+
+    def kill_group(self, process: ServerProcess, pid: int) -> Any:
+        """
+        Kill whatever is left of the recipe's process group, and wait for it.
+        """
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return process.ended
+
+    async def stopped(self, process: ServerProcess, port: int, workers: list[int]) -> int:
+        """
+        Wait until the recipe and every worker have ended (the workers share
+        its output pipes), then check that nothing listens any more and that
+        nothing was logged as an error.
+
+        @return: the recipe's exit status.
+        """
+        try:
+            await poll_until(lambda: process.code is not None, STARTUP)
+        except AssertionError:
+            running = [pid for pid in workers if alive(pid)]
+            self.fail(f"still running (workers {running}):\n{process.log()}")
+        self.assertFalse(accepting(port))
+        self.assertEqual([pid for pid in workers if alive(pid)], [])
+        self.assertNotIn(b"Unhandled Error", process.stderr, process.log())
+        self.assertNotIn(b"Traceback", process.stderr, process.log())
+        assert process.code is not None
+        return process.code
+
+    async def test_serves_and_stops_on_sigterm_to_the_group(self) -> None:
+        """
+        Both workers serve one port and deliver to the Maildir. SIGTERM to the
+        whole process group (systemd's KillMode=control-group) stops them:
+        listening ends, a session in the middle of DATA finishes its message,
+        and a second SIGTERM to the group while it drains (each worker is
+        told twice anyway: by the signal and by its parent) is harmless. All
+        ends with exit status 0 and no "Unhandled Error".
+        """
+        process, pid, port, workers = await self.start()
+        for _ in range(3):
+            self.assertEqual(await with_smtp(port, send_one), {})
+        busy = await connect(self, port)
+        for line, code in [
+            ("EHLO client.example.net", 250),
+            ("MAIL FROM:<a@example.org>", 250),
+            ("RCPT TO:<b@example.com>", 250),
+            ("DATA", 354),
+        ]:
+            reply = await busy.command(line)
+            self.assertEqual(reply.code, code, f"{line}: {reply}")
+        busy.send(b"Subject: drain\r\n\r\nfirst half\r\n")
+        os.killpg(pid, signal.SIGTERM)
+        # Once nothing listens, every worker has acted on the first SIGTERM, so the
+        # second one cannot merge with it.
+        await poll_until(lambda: not accepting(port), STARTUP)
+        os.killpg(pid, signal.SIGTERM)
+        reply = await busy.command(b"second half\r\n.")
+        self.assertEqual(reply.code, 250, str(reply))
+        self.assertEqual(await self.stopped(process, port, workers), 0, process.log())
+        names = os.listdir(os.path.join(self.workdir, "Maildir", "new"))
+        self.assertEqual(len(names), 4)
+        self.assertLessEqual({int(re.findall(r"P(\d+)Q", name)[0]) for name in names}, set(workers))
+
+    async def test_sigterm_after_a_worker_died(self) -> None:
+        """
+        Once a worker has been killed (SIGKILL) and reaped by the parent, the
+        other worker still serves, and SIGTERM to the parent alone stops it:
+        exit status 0, no traceback, nothing left listening.
+        """
+        process, pid, port, (dead, other) = await self.start()
+        os.kill(dead, signal.SIGKILL)
+        await poll_until(lambda: not os.path.exists(f"/proc/{dead}"), STARTUP)  # reaped
+        self.assertEqual(await with_smtp(port, send_one), {})
+        process.signal("TERM")
+        self.assertEqual(await self.stopped(process, port, [other]), 0, process.log())
+
+    async def test_sigterm_to_one_worker(self) -> None:
+        """
+        SIGTERM to one worker stops that worker alone: the other keeps
+        serving until SIGTERM to the parent stops it.
+        """
+        process, pid, port, (stopped, other) = await self.start()
+        self.assertEqual(await with_smtp(port, send_one), {})
+        os.kill(stopped, signal.SIGTERM)
+        await poll_until(lambda: not os.path.exists(f"/proc/{stopped}"), STARTUP)
+        self.assertTrue(alive(other))
+        self.assertEqual(await with_smtp(port, send_one), {})
+        process.signal("TERM")
+        self.assertEqual(await self.stopped(process, port, [other]), 0, process.log())
+
+    async def test_workers_stop_when_the_parent_is_killed(self) -> None:
+        """
+        When the parent is killed (SIGKILL: it cannot tell anyone), the
+        workers notice and exit; nothing is left listening.
+        """
+        process, pid, port, workers = await self.start()
+        self.assertEqual(await with_smtp(port, send_one), {})
+        os.kill(pid, signal.SIGKILL)
+        await poll_until(
+            lambda: not any(alive(worker) for worker in workers) and not accepting(port), STARTUP
         )
 
-        def stop() -> Any:
-            if process.code is None:
-                process.signal("KILL")
-                return process.ended
-            return None
 
-        self.addCleanup(stop)
+#: Runs the rest of its command line in a new session: a process group of its own.
+SETSID = "import os, sys; os.setsid(); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
 
-        def send(smtp: smtplib.SMTP) -> Any:
-            return smtp.sendmail("a@example.org", ["b@example.com"], b"Subject: f\r\n\r\nf\r\n")
 
-        def accepting() -> bool:
-            with socket.socket() as probe:
-                return probe.connect_ex(("127.0.0.1", port)) == 0
+def send_one(smtp: smtplib.SMTP) -> Any:
+    """
+    Send one message (to run with L{with_smtp}).
+    """
+    return smtp.sendmail("a@example.org", ["b@example.com"], b"Subject: f\r\n\r\nf\r\n")
 
-        await poll_until(accepting, STARTUP)
-        for _ in range(3):
-            self.assertEqual(await with_smtp(port, send), {})
-        names = os.listdir(os.path.join(workdir, "Maildir", "new"))
-        self.assertEqual(len(names), 3)
-        pids = {int(m.group(1)) for m in (re.search(r"P(\d+)Q", n) for n in names) if m}
-        process.signal("TERM")
-        code = await process.ended.addTimeout(STARTUP, _reactor())
-        self.assertEqual(code, 0, process.log())
-        self.assertNotIn(b"Traceback", process.output)
-        for pid in pids:
-            self.assertFalse(alive(pid), pid)
+
+def accepting(port: int) -> bool:
+    """
+    Whether something accepts connections on 127.0.0.1:C{port}.
+    """
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def children_of(pid: int) -> set[int]:
+    """
+    The pids of the processes whose parent is C{pid} (read from C{/proc}).
+    """
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid:
+            found.add(int(entry))
+    return found
 
 
 def _reactor() -> Any:
