@@ -250,9 +250,7 @@ class SMTPProtocol(Protocol):
         session.local_port = int(getattr(host, "port", 0) or 0)
         session.remote_address = _address_text(peer) if hasattr(peer, "host") else ""
         session.remote_port = int(getattr(peer, "port", 0) or 0)
-        session.client_hostname = (
-            f"[{session.remote_address}]" if session.remote_address else "localhost"
-        )
+        # (client_hostname is "[address]" until a reverse lookup names it.)
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
         if type(transport) is tcp.Server:
             # Replies go out with one send() when nothing is queued before
@@ -767,7 +765,8 @@ class SMTPProtocol(Protocol):
             self._phase == _DATA
             or self._phase == _BDAT
             or self._data_hook is not None
-            or self.session.envelope.mail_from is not None
+            or (envelope := self.session._envelope) is not None
+            and envelope.mail_from is not None
         )
 
     def shutdown(self, force: bool = False) -> None:
@@ -799,7 +798,8 @@ class SMTPProtocol(Protocol):
         session = self.session
         session.opening_command = command
         session.host_name_appears_as = clean_text(argument.decode("utf-8", "replace"))
-        had = self.session.envelope.mail_from is not None
+        envelope = self.session._envelope
+        had = envelope is not None and envelope.mail_from is not None
         self._reset_envelope()
         self._helo = True
         if command != "HELO":
@@ -823,7 +823,9 @@ class SMTPProtocol(Protocol):
     def _reset_envelope(self) -> None:
         if self._stream is not None:
             self._abandon_message()
-        self.session.envelope = Envelope()
+        # A new envelope is made when next asked for: an idle session holds
+        # none (a hook that kept the old one keeps it as it was).
+        self.session._envelope = None
         if self.session._xforward:
             # XFORWARD attributes last one transaction (a new dict: a hook
             # that kept the old one keeps its values).
@@ -833,7 +835,8 @@ class SMTPProtocol(Protocol):
         if argument:
             self._reply(R.NO_ARGUMENTS)
             return
-        had = self.session.envelope.mail_from is not None
+        envelope = self.session._envelope
+        had = envelope is not None and envelope.mail_from is not None
         self._reset_envelope()
         self._reply(R.OK)
         if had:
@@ -914,8 +917,8 @@ class SMTPProtocol(Protocol):
         if not self._helo:
             self._reply(R.NEED_HELO)
             return
-        envelope = self.session.envelope
-        if envelope.mail_from is not None:
+        current = self.session._envelope  # (None between transactions)
+        if current is not None and current.mail_from is not None:
             self._reply(R.NESTED_MAIL)
             return
         if self._auth_required and self.session.user is None:
@@ -966,8 +969,8 @@ class SMTPProtocol(Protocol):
             self._observer.transaction()
 
     def _mail_rejected(self, envelope: Envelope, reply: Reply) -> None:
-        if self.session.envelope is envelope:
-            self.session.envelope = Envelope()
+        if self.session._envelope is envelope:
+            self.session._envelope = None
         self._reply(reply)
 
     def _mail_param(self, key: str, value: str | bool, envelope: Envelope) -> Reply | None:

@@ -135,18 +135,19 @@ class Session:
     @ivar extra: the application's own per-session state.
     """
 
-    # A server holds one Session per connection, idle ones included: the id
-    # and the three dicts are only made when first asked for.
+    # A server holds one Session per connection, idle ones included: the
+    # id, the envelope, the "[address]" name and the three dicts are only
+    # made when first asked for.
     __slots__ = (
         "_id",
         "local_address",
         "local_port",
         "remote_address",
         "remote_port",
-        "client_hostname",
+        "_client_hostname",
         "opening_command",
         "host_name_appears_as",
-        "envelope",
+        "_envelope",
         "user",
         "transaction",
         "secure",
@@ -164,7 +165,7 @@ class Session:
         local_port: int = 0,
         remote_address: str = "",
         remote_port: int = 0,
-        client_hostname: str = "",
+        client_hostname: str | None = None,
         opening_command: str = "",
         host_name_appears_as: str = "",
         envelope: Envelope | None = None,
@@ -182,10 +183,10 @@ class Session:
         self.local_port = local_port
         self.remote_address = remote_address
         self.remote_port = remote_port
-        self.client_hostname = client_hostname
+        self._client_hostname = client_hostname
         self.opening_command = opening_command
         self.host_name_appears_as = host_name_appears_as
-        self.envelope = Envelope() if envelope is None else envelope
+        self._envelope = envelope
         self.user = user
         self.transaction = transaction
         self.secure = secure
@@ -203,6 +204,37 @@ class Session:
         if self._id is None:
             self._id = secrets.token_hex(8)
         return self._id
+
+    @property
+    def client_hostname(self) -> str:
+        """
+        The name the client's address resolves to; unless one was found (or
+        set), C{"[address]"}, or C{"localhost"} without an address.
+        """
+        name = self._client_hostname
+        if name is None:
+            address = self.remote_address
+            return f"[{address}]" if address else "localhost"
+        return name
+
+    @client_hostname.setter
+    def client_hostname(self, value: str) -> None:
+        self._client_hostname = value
+
+    @property
+    def envelope(self) -> Envelope:
+        """
+        The transaction in progress (an empty L{Envelope} between
+        transactions).
+        """
+        envelope = self._envelope
+        if envelope is None:
+            envelope = self._envelope = Envelope()
+        return envelope
+
+    @envelope.setter
+    def envelope(self, value: Envelope) -> None:
+        self._envelope = value
 
     @property
     def xclient(self) -> dict[str, str]:

@@ -8,6 +8,7 @@ does, logs to standard output as text, and prints, one per line::
     REACTOR <module.Class>     the global reactor
     SMTP <port>                an SMTPServer listens here (127.0.0.1)
     BOOM <port>                a protocol that fails listens here
+    READY                      both of the above are printed
     MESSAGE <hex>              the body of each message the SMTPServer got
 
 A client of the C{BOOM} port that sends C{raise} makes the protocol's
@@ -69,14 +70,16 @@ def main() -> None:
     say("REACTOR", f"{type(reactor).__module__}.{type(reactor).__qualname__}")
     server = SMTPServer(on_data=on_data, name="mx.example.test", disable_reverse_lookup=True)
 
-    def listening(port: Any) -> None:
-        say("SMTP", port.getHost().port)
-
-    server.listen(LOCAL).addCallback(listening)
     factory = ServerFactory()
     factory.protocol = Boom
     boom: Any = reactor.listenTCP(0, factory, interface="127.0.0.1")
     say("BOOM", boom.getHost().port)
+
+    def listening(port: Any) -> None:
+        say("SMTP", port.getHost().port)
+        say("READY")  # both ports are printed, whole lines
+
+    server.listen(LOCAL).addCallback(listening)
     reactor.run()
 
 

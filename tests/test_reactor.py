@@ -287,8 +287,7 @@ class ChildTests(TwistdTestCase):
             process, argv[0], argv, env=_environment(self.workdir), path=self.workdir
         )
         self.addCleanup(self._stop, process)
-        await process.wait_for(b"SMTP ")
-        await process.wait_for(b"BOOM ")
+        await process.wait_for(b"READY\n")
         smtp = re.search(rb"^SMTP (\d+)$", process.output, re.MULTILINE)
         boom = re.search(rb"^BOOM (\d+)$", process.output, re.MULTILINE)
         assert smtp is not None and boom is not None, process.log()

@@ -52,6 +52,25 @@ class SessionTests(SynchronousTestCase):
         self.assertIsNone(fresh.envelope.mail_from)
         self.assertIn(fresh.id, repr(fresh))
 
+    def test_derivedAttributes(self) -> None:
+        """
+        Until set, C{client_hostname} is C{"[address]"} of the current
+        C{remote_address} (C{"localhost"} without one), and C{envelope} is an
+        empty L{Envelope} that stays the same object once read.
+        """
+        session = Session()
+        self.assertEqual(session.client_hostname, "localhost")
+        session.remote_address = "192.0.2.7"
+        self.assertEqual(session.client_hostname, "[192.0.2.7]")
+        session.client_hostname = "mail.example"
+        session.remote_address = "192.0.2.8"
+        self.assertEqual(session.client_hostname, "mail.example")
+        self.assertEqual(Session(client_hostname="").client_hostname, "")
+        envelope = session.envelope
+        self.assertIs(session.envelope, envelope)
+        self.assertIsNone(envelope.mail_from)
+        self.assertEqual(envelope.rcpt_to, [])
+
     def test_noInstanceDict(self) -> None:
         """
         A session has no instance dict (it is kept per connection): setting
