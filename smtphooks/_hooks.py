@@ -102,7 +102,7 @@ class Hooks:
 
 
 #: Results that are certainly not awaitable: checked first, by exact type.
-_PLAIN = frozenset((type(None), str, bool, int, list, tuple, dict))
+PLAIN_RESULTS = frozenset((type(None), str, bool, int, list, tuple, dict))
 
 
 def start_hook(hook: Hook, args: tuple[Any, ...]) -> Any:
@@ -118,7 +118,7 @@ def start_hook(hook: Hook, args: tuple[Any, ...]) -> Any:
         result = hook(*args)
     except BaseException:
         return Failure()  # type: ignore[no-untyped-call]
-    if type(result) in _PLAIN:
+    if type(result) in PLAIN_RESULTS:
         return result
     if isinstance(result, Deferred):
         return result
