@@ -12,6 +12,8 @@ from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._coroutine import Wait, run_coroutine
+
 __all__ = ["DataStream"]
 
 #: Unread bytes a stream holds before it asks its source to stop reading.
@@ -37,18 +39,29 @@ _END: bytes = b"\x00end of stream"
 class _NextChunk:
     """
     The awaitable C{__anext__} returns while a chunk is awaited.
+
+    Under smtphooks' own driver (L{run_coroutine}, which runs C{on_data}),
+    it yields a L{Wait} that the stream resumes directly; under any other,
+    which sends the L{Wait} back, it waits on a L{Deferred}.
     """
 
-    __slots__ = ("_waiter",)
+    __slots__ = ("_stream",)
 
-    def __init__(self, waiter: Deferred[bytes]) -> None:
-        self._waiter = waiter
+    def __init__(self, stream: DataStream) -> None:
+        self._stream = stream
 
     def __await__(self) -> Generator[Any, Any, bytes]:
-        chunk = yield from self._waiter.__await__()
+        stream = self._stream
+        wait = Wait()
+        stream._waiter = wait
+        chunk = yield wait
+        if chunk is wait:
+            waiter: Deferred[bytes] = Deferred()
+            stream._waiter = waiter
+            chunk = yield from waiter.__await__()
         if chunk is _END:
             raise StopAsyncIteration
-        return chunk
+        return chunk  # type: ignore[no-any-return]
 
 
 @implementer(IPushProducer)
@@ -110,7 +123,7 @@ class DataStream:
         self._ended = False
         self._discarding = False
         self._paused_source = False
-        self._waiter: Deferred[bytes] | None = None
+        self._waiter: Wait | Deferred[bytes] | None = None
         self._consumer: IConsumer | None = None
         self._consumer_paused = False
         self._pipe_done: Deferred[None] | None = None
@@ -157,9 +170,7 @@ class DataStream:
             raise StopAsyncIteration
         if self._waiter is not None:
             raise RuntimeError("DataStream: __anext__ called while a chunk is awaited")
-        waiter: Deferred[bytes] = Deferred()
-        self._waiter = waiter
-        return _NextChunk(waiter)
+        return _NextChunk(self)
 
     def read(self) -> Deferred[bytes]:
         """
@@ -178,7 +189,7 @@ class DataStream:
                 except StopAsyncIteration:
                     return b"".join(parts)
 
-        return Deferred.fromCoroutine(collect())
+        return run_coroutine(collect())
 
     def pipe(self, consumer: IConsumer) -> Deferred[None]:
         """
@@ -276,10 +287,7 @@ class DataStream:
         self.byte_length += len(chunk)
         if self._discarding:
             return
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            waiter.callback(chunk)
+        if self._waiter is not None and self._wake(chunk):
             return
         consumer = self._consumer
         if consumer is not None and not self._consumer_paused:
@@ -297,15 +305,40 @@ class DataStream:
         bytes and then finds the end at once, without waiting a second time.
         """
         waiter = self._waiter
-        if waiter is None or not chunk or self._ended or self._discarding:
+        if (
+            waiter is None
+            or not chunk
+            or self._ended
+            or self._discarding
+            or (type(waiter) is Wait and waiter.resume is None)
+        ):
             self.write(chunk)
             self.end()
             return
         self.byte_length += len(chunk)
         self._ended = True
         self._resume_source()
-        self._waiter = None
-        waiter.callback(chunk)
+        self._wake(chunk)
+
+    def _wake(self, value: Any, failed: bool = False) -> bool:
+        """
+        Give the waiting reader C{value} (a L{Failure} when C{failed}).
+
+        @return: L{False} if no reader waits any more.
+        """
+        waiter, self._waiter = self._waiter, None
+        if isinstance(waiter, Wait):
+            resume = waiter.resume
+            if resume is None:
+                return False  # its coroutine was cancelled
+            resume(value, failed)
+        elif waiter is None:
+            return False
+        elif failed:
+            waiter.errback(value)
+        else:
+            waiter.callback(value)
+        return True
 
     def end(self, size_exceeded: bool = False) -> None:
         """
@@ -316,10 +349,8 @@ class DataStream:
         self._ended = True
         self.size_exceeded = self.size_exceeded or size_exceeded
         self._resume_source()
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            waiter.callback(_END)  # _NextChunk turns it into StopAsyncIteration
+        if self._waiter is not None:
+            self._wake(_END)  # _NextChunk turns it into StopAsyncIteration
         if self._consumer is not None and not self._chunks:
             self._finish_pipe()
         if self._discarding:
@@ -338,9 +369,8 @@ class DataStream:
         self._chunks.clear()
         self._queued = 0
         self._resume_source()
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.errback(reason)
+        if self._waiter is not None:
+            self._wake(reason, failed=True)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             consumer.unregisterProducer()

@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
+from ._coroutine import run_coroutine
 from ._observer import Observer
 from ._session import Address, Session
 
@@ -123,9 +124,9 @@ def start_hook(hook: Hook, args: tuple[Any, ...]) -> Any:
     if isinstance(result, Deferred):
         return result
     if inspect.iscoroutine(result):
-        return Deferred.fromCoroutine(result)
+        return run_coroutine(result)
     if inspect.isawaitable(result):
-        return Deferred.fromCoroutine(_await(result))
+        return run_coroutine(_await(result))
     return result
 
 
@@ -142,7 +143,8 @@ def call_hook(
     returned.
 
     A plain value gives a Deferred that has already fired, and no timer is
-    set; a coroutine is run with L{Deferred.fromCoroutine}; a Deferred or
+    set; a coroutine is run with L{run_coroutine} (as
+    C{Deferred.fromCoroutine} would run it); a Deferred or
     coroutine still pending after C{timeout} seconds is cancelled, and the
     result fails with L{HookTimeout} (a late result is ignored).  An
     exception raised by the hook becomes a failed Deferred.

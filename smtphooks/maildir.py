@@ -18,6 +18,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from ._coroutine import run_coroutine
 from ._errors import SMTPError
 from ._session import Session
 
@@ -178,9 +179,7 @@ class MaildirDelivery:
             message went over the size limit and was dropped.  It fails with
             L{SMTPError} C{451 4.3.0} when the message could not be written.
         """
-        from twisted.internet.defer import Deferred
-
-        return Deferred.fromCoroutine(self._deliver(stream, session))
+        return run_coroutine(self._deliver(stream, session))
 
     def _get_reactor(self) -> _Reactor:
         if self._reactor is None:

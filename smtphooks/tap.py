@@ -34,6 +34,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from ._auth import AuthRequest, AuthResponse
+from ._coroutine import run_coroutine
 from ._errors import (
     DATA_REJECTED,
     MAIL_REJECTED,
@@ -850,7 +851,7 @@ class LogRejections:
             self._log(e, args)
             raise
         if inspect.iscoroutine(result):
-            result = Deferred.fromCoroutine(result)
+            result = run_coroutine(result)
         if isinstance(result, Deferred):
 
             def failed(failure: Failure) -> Failure:
