@@ -33,7 +33,7 @@ from smtphooks.tap import hash_password
 
 from .certs import ALPHA_NAME, test_pki
 from .support import require_tool, run_process
-from .wire import PATIENCE, connect, with_smtp
+from .wire import PATIENCE, connect, up_to_data, with_smtp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER_NAME = "mx.example.test"
@@ -440,14 +440,7 @@ class PluginTests(TwistdTestCase):
         process, port = await self.start("--close-timeout", "20")
         busy = await connect(self, port)
         idle = await connect(self, port)
-        for line, code in [
-            ("EHLO client.example.net", 250),
-            ("MAIL FROM:<a@example.org>", 250),
-            ("RCPT TO:<b@example.com>", 250),
-            ("DATA", 354),
-        ]:
-            reply = await busy.command(line)
-            self.assertEqual(reply.code, code, f"{line}: {reply}")
+        await up_to_data(self, busy)
         busy.send(b"Subject: drain\r\n\r\nfirst half\r\n")
         process.signal("TERM")
         await process.wait_for(b"stopping:")

@@ -53,7 +53,7 @@ from .test_twistd import (
     free_port,
     twistd_argv,
 )
-from .wire import PATIENCE, SERVER_NAME, connect, with_smtp
+from .wire import PATIENCE, SERVER_NAME, connect, up_to_data, with_smtp
 
 
 async def poll_until(
@@ -525,14 +525,7 @@ class WorkersTwistdTests(TwistdTestCase):
         process, port = await self.start_workers(2, "--close-timeout", "20")
         busy = await connect(self, port)
         idle = await connect(self, port)
-        for line, code in [
-            ("EHLO client.example.net", 250),
-            ("MAIL FROM:<a@example.org>", 250),
-            ("RCPT TO:<b@example.com>", 250),
-            ("DATA", 354),
-        ]:
-            reply = await busy.command(line)
-            self.assertEqual(reply.code, code, f"{line}: {reply}")
+        await up_to_data(self, busy)
         busy.send(b"Subject: drain\r\n\r\nfirst half\r\n")
         pids = [pid for started in self.worker_pids(process).values() for pid in started]
         process.signal("TERM")
@@ -823,14 +816,7 @@ class PreforkRecipeTests(TestCase):
         for _ in range(3):
             self.assertEqual(await with_smtp(port, send_one), {})
         busy = await connect(self, port)
-        for line, code in [
-            ("EHLO client.example.net", 250),
-            ("MAIL FROM:<a@example.org>", 250),
-            ("RCPT TO:<b@example.com>", 250),
-            ("DATA", 354),
-        ]:
-            reply = await busy.command(line)
-            self.assertEqual(reply.code, code, f"{line}: {reply}")
+        await up_to_data(self, busy)
         busy.send(b"Subject: drain\r\n\r\nfirst half\r\n")
         os.killpg(pid, signal.SIGTERM)
         # Once nothing listens, every worker has acted on the first SIGTERM, so the

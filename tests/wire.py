@@ -400,6 +400,22 @@ def open_session(test: TestCase, port: int, helo: str = "EHLO client.example.tes
 
 
 @inlineCallbacks
+def up_to_data(test: TestCase, client: Any) -> Any:  # Deferred[None]
+    """
+    Take a connected client through EHLO, MAIL, RCPT and DATA (C{354}),
+    so that it is in the middle of a transaction.
+    """
+    for line, code in [
+        ("EHLO client.example.net", 250),
+        ("MAIL FROM:<a@example.org>", 250),
+        ("RCPT TO:<b@example.com>", 250),
+        ("DATA", 354),
+    ]:
+        reply = yield client.command(line)
+        test.assertEqual(reply.code, code, f"{line}: {reply}")
+
+
+@inlineCallbacks
 def still_serving(test: TestCase, port: int) -> Any:  # Deferred[None]
     """
     Check that a new client gets a full dialogue, one message included.
