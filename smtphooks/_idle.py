@@ -82,6 +82,12 @@ class IdleWatch:
     def __len__(self) -> int:
         return len(self._seen)
 
+    def __contains__(self, conn: object) -> bool:
+        """
+        C{conn} is watched (it was touched since it last expired).
+        """
+        return conn in self._seen
+
     def _fire(self) -> None:
         self._timer = None
         seen = self._seen

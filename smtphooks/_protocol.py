@@ -58,6 +58,11 @@ _HOOK: Final = 1  # a hook is pending: stop processing input too
 _BODY: Final = 2  # the DataStream's consumer is behind
 _WRITE: Final = 4  # the client does not read its replies
 
+#: When a connection reaches its idle deadline with replies still queued in
+#: the kernel, the queue is looked at again after this many seconds: a
+#: client that reads them makes it move, one that does not is timed out.
+_UNSENT_PROBE: Final = 1.0
+
 #: Replies to pipelined commands are handed to the transport once this many
 #: bytes of them are waiting.
 _OUT_CHUNK: Final = 2048
@@ -187,6 +192,7 @@ class SMTPProtocol(Protocol):
         "_unauthenticated",
         "_unrecognized",
         "_unsent",
+        "_unsent_probe",
         "_watch",
         "session",
     )
@@ -238,6 +244,7 @@ class SMTPProtocol(Protocol):
         self._stall_timer: IDelayedCall | None = None
         self._body_paused_at = 0.0
         self._unsent = 0
+        self._unsent_probe: IDelayedCall | None = None
 
     # -- connection ------------------------------------------------------
 
@@ -351,10 +358,10 @@ class SMTPProtocol(Protocol):
         self._lost = True
         self._phase = _CLOSED
         self._watch.forget(self)
-        for timer in (self._data_timer, self._stall_timer):
+        for timer in (self._data_timer, self._stall_timer, self._unsent_probe):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._data_timer = self._stall_timer = None
+        self._data_timer = self._stall_timer = self._unsent_probe = None
         stream = self._stream
         if stream is not None and not stream.ended:
             if self.session.error is None:
@@ -738,18 +745,34 @@ class SMTPProtocol(Protocol):
             if self.transport is not None:
                 self.transport.abortConnection()  # type: ignore[attr-defined]
             return
-        unsent = _unsent_bytes(self.transport)
-        if (
-            self._pending is not None
-            or self._paused & (_HOOK | _BODY)
-            or (unsent and unsent != self._unsent)
-        ):
-            # Waiting for our own hook is not the client's idleness, and
-            # neither is a client still reading the replies queued in the
-            # kernel (the queue shrank since the last look).
-            self._unsent = unsent
+        if self._pending is not None or self._paused & (_HOOK | _BODY):
+            # Waiting for our own hook is not the client's idleness.
             self._watch.touch(self)
             return
+        if self._unsent_probe is None:
+            unsent = _unsent_bytes(self.transport)
+            if unsent:
+                # Replies wait in the kernel: the client may be reading them
+                # slowly, or not at all.  Look again shortly: the queue moves
+                # if it reads.
+                self._unsent = unsent
+                self._unsent_probe = self._clock.callLater(
+                    min(_UNSENT_PROBE, self._opts.socket_timeout), self._probe_unsent
+                )
+                return
+        self._time_out()
+
+    def _probe_unsent(self) -> None:
+        self._unsent_probe = None
+        if self._lost or self._phase == _CLOSED or self in self._watch:
+            return  # gone, closing, or heard from meanwhile
+        if _unsent_bytes(self.transport) != self._unsent:
+            # The client is reading its replies: it is not idle.
+            self._watch.touch(self)
+            return
+        self._time_out()
+
+    def _time_out(self) -> None:
         self.session.error = "timeout"
         if self._phase == _TLS:
             # Nothing can be said in the middle of a handshake.

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import socket
 from typing import Any, cast
 
 from hypothesis import HealthCheck, given, settings
@@ -38,6 +39,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
@@ -768,6 +771,49 @@ class EngineBugTests(SynchronousTestCase):
         self.assertEqual(codes.count(214), 3000)
         self.assertEqual(codes[-1], 250)
 
+
+    def test_never_reader_times_out(self) -> None:
+        """
+        A client that pipelines commands and never reads a reply is timed
+        out one probe (1 s) after C{socket_timeout}, though replies wait in
+        the kernel, and aborted another C{socket_timeout} later; one that
+        reads some of them between the two looks is not idle.  (The attack
+        script's "storm, never reads" allows 2 x socket_timeout + 5 s.)
+        """
+        for reads in (False, True):
+            clock = Clock()
+            server = make_test_server(reactor=clock, socket_timeout=10)
+            protocol = server.buildProtocol(IPv4Address("TCP", "192.0.2.1", 50000))
+            transport = _ReadingTransport()
+            ours, peer = socket.socketpair()
+            self.addCleanup(ours.close)
+            self.addCleanup(peer.close)
+            ours.setblocking(False)
+            ours.send(b"x" * 4096)  # queued for the client, never read
+            transport.socket = ours  # type: ignore[attr-defined]
+            protocol.makeConnection(transport)
+            protocol.dataReceived(b"EHLO client.example\r\n")
+            protocol.dataReceived(b"HELP\r\n" * 3000)  # the transport is full: paused
+            clock.advance(10)
+            self.assertFalse(transport.disconnecting)
+            if reads:
+                peer.recv(65536)  # the client reads what is queued: the queue moves
+            clock.advance(1)
+            output = transport.value()
+            if reads:
+                self.assertNotIn(421, _codes(output))
+                self.assertFalse(transport.disconnecting)
+                protocol.connectionLost(Failure(ConnectionDone()))
+                continue
+            self.assertEqual(_codes(output)[-1], 421)
+            self.assertTrue(transport.disconnecting)
+            self.assertEqual(protocol.session.error, "timeout")
+            clock.advance(9.9)
+            self.assertFalse(transport.disconnected)
+            clock.advance(0.1)
+            self.assertTrue(transport.disconnected)  # abortConnection()
+            protocol.connectionLost(Failure(ConnectionDone()))
+            self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_data_timeout_excludes_server_backpressure(self) -> None:
         """
