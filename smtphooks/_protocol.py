@@ -790,9 +790,16 @@ class SMTPProtocol(Protocol):
             self._phase == _DATA
             or self._phase == _BDAT
             or self._data_hook is not None
-            or (envelope := self.session._envelope) is not None
-            and envelope.mail_from is not None
+            or self._has_sender()
         )
+
+    def _has_sender(self) -> bool:
+        """
+        A sender was accepted (MAIL) and its transaction is open; asked
+        without making an envelope for a session between transactions.
+        """
+        envelope = self.session._envelope
+        return envelope is not None and envelope.mail_from is not None
 
     def shutdown(self, force: bool = False) -> None:
         """
@@ -823,8 +830,7 @@ class SMTPProtocol(Protocol):
         session = self.session
         session.opening_command = command
         session.host_name_appears_as = clean_text(argument.decode("utf-8", "replace"))
-        envelope = self.session._envelope
-        had = envelope is not None and envelope.mail_from is not None
+        had = self._has_sender()
         self._reset_envelope()
         self._helo = True
         if command != "HELO":
@@ -860,8 +866,7 @@ class SMTPProtocol(Protocol):
         if argument:
             self._reply(R.NO_ARGUMENTS)
             return
-        envelope = self.session._envelope
-        had = envelope is not None and envelope.mail_from is not None
+        had = self._has_sender()
         self._reset_envelope()
         self._reply(R.OK)
         if had:
@@ -942,8 +947,7 @@ class SMTPProtocol(Protocol):
         if not self._helo:
             self._reply(R.NEED_HELO)
             return
-        current = self.session._envelope  # (None between transactions)
-        if current is not None and current.mail_from is not None:
+        if self._has_sender():
             self._reply(R.NESTED_MAIL)
             return
         if self._auth_required and self.session.user is None:
@@ -1398,7 +1402,7 @@ class SMTPProtocol(Protocol):
         if argument:
             self._reply(R.NO_ARGUMENTS)
             return
-        if self.session.envelope.mail_from is not None:
+        if self._has_sender():
             self._reply(R.BAD_SEQUENCE)
             return
         self._reply(R.READY_FOR_TLS)
@@ -1471,7 +1475,7 @@ class SMTPProtocol(Protocol):
         if session.user is not None:
             self._reply(R.AUTH_ALREADY)
             return
-        if session.envelope.mail_from is not None:
+        if self._has_sender():
             self._reply(R.AUTH_IN_TRANSACTION)
             return
         name, _, initial = argument.partition(b" ")
